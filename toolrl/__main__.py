@@ -1,0 +1,5 @@
+import sys
+
+from toolrl.cli import main
+
+sys.exit(main())

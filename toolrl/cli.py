@@ -1,0 +1,169 @@
+"""`python -m toolrl <stage>`: the one entry point every Snakemake rule calls.
+
+Each stage reads the sweep's resolved config, writes its outputs atomically and logs its run to
+MLflow. Paths come from the command line (Snakemake's inputs and outputs), never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from toolrl.config import SPLITS, Cell, Config, ConfigError, config_hash, load, to_dict
+from toolrl.io import read_json, write_json, write_jsonl
+
+log = logging.getLogger("toolrl")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load(args.config)
+
+
+def _tracker(cfg: Config, experiment: Path, run_name: str, tags: dict[str, str], params: dict[str, Any],
+             run_id: str | None = None):
+    from toolrl import tracking
+
+    exp = tracking.read_experiment(experiment)
+    return tracking.RunLogger(exp["tracking_uri"], exp["experiment_id"], run_name,
+                              {"sweep": cfg.sweep.name, **tags}, params, run_id=run_id)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from toolrl.data import make_splits, write_splits
+
+    cfg = _config(args)
+    splits = make_splits(cfg.world)
+    write_splits(splits, Path(args.out))
+    log.info("tasks: %s", {k: len(v) for k, v in splits.items()})
+
+
+def cmd_mlflow_init(args: argparse.Namespace) -> None:
+    from toolrl import tracking
+
+    cfg = _config(args)
+    uri = cfg.mlflow.tracking_uri or tracking.default_tracking_uri(cfg.sweep_dir)
+    name = cfg.mlflow.experiment or f"toolrl-{cfg.sweep.name}"
+    tracking.init_store(uri, name, (cfg.sweep_dir / "mlruns").resolve(), Path(args.out))
+
+
+def cmd_warmup(args: argparse.Namespace) -> None:
+    from toolrl import model as models, warmup
+
+    models.set_threads(args.threads)
+    cfg = _config(args)
+    out = Path(args.out)
+    report = warmup.run(cfg, Path(args.data), out)
+    with _tracker(cfg, Path(args.experiment), "warmup", {"stage": "warmup"},
+                  {"config_hash": config_hash(cfg), "warmup": to_dict(cfg)["warmup"],
+                   "model": to_dict(cfg)["model"]}) as run:
+        for point in report["loss"]:
+            run.log_metrics({"warmup/loss": point["loss"]}, step=point["step"])
+        for point in report["curve"]:
+            run.log_metrics({"warmup/id_success": point["id_success"]}, step=point["step"])
+        report["mlflow_run_id"] = run.run_id
+    write_json(out / "warmup.json", report)
+    log.info("warm-up: %d steps in %.0f s; id success %.1f%%", report["steps"], report["train_seconds"],
+             100 * report["curve"][-1]["id_success"])
+
+
+def _cell(args: argparse.Namespace) -> Cell:
+    return Cell(args.signal, args.scheme, float(args.lr), int(args.seed))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from toolrl import model as models, train
+
+    models.set_threads(args.threads)
+    cfg = _config(args)
+    cell = _cell(args)
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", rows.append)
+    params = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme, "lr": cell.lr,
+              "seed": cell.seed, "rl": to_dict(cfg)["rl"], "sft": to_dict(cfg)["sft"]}
+    tags = {"stage": "train", "cell": cell.path, "signal": cell.signal, "scheme": cell.scheme,
+            "lr": str(cell.lr), "seed": str(cell.seed)}
+    with _tracker(cfg, Path(args.experiment), cell.path, tags, params) as run:
+        for row in rows:
+            run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
+        report["mlflow_run_id"] = run.run_id
+    write_jsonl(out / "train_log.jsonl", rows)
+    write_json(out / "run.json", {"cell": cell.__dict__, **report})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from toolrl import evaluate, model as models
+    from toolrl.data import read_tasks
+
+    models.set_threads(args.threads)
+    cfg = _config(args)
+    model, tokenizer = models.load(args.model)
+    stem, _ = evaluate.split_source(cfg, args.split)
+    t0 = time.perf_counter()
+    result = evaluate.run_split(model, tokenizer, cfg, args.split, read_tasks(Path(args.data) / f"{stem}.jsonl"))
+    cell = _cell(args) if args.signal else None
+    result = {"cell": cell.__dict__ if cell else None, **result, "seconds": round(time.perf_counter() - t0, 1)}
+    run_id = read_json(Path(args.run_info))["mlflow_run_id"]
+    with _tracker(cfg, Path(args.experiment), "", {}, {}, run_id=run_id) as run:
+        run.log_metrics({f"{args.split}/success": result["success_rate"],
+                         f"{args.split}/format_error_rate": result["format_error_rate"]}, step=0)
+    write_json(Path(args.out), result)
+    log.info("%s on %s: %.1f%% success (%d tasks)", cell.path if cell else "base", args.split,
+             100 * result["success_rate"], result["n"])
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from toolrl import report, tracking
+
+    cfg = _config(args)
+    a = cfg.aggregate
+    report.aggregate(cfg.sweep_dir, cfg.sweep.baseline.__dict__, SPLITS, a.confidence, a.n_resamples,
+                     a.correction, seed=cfg.world.seed)
+    exp = tracking.read_experiment(Path(args.experiment))
+    log.info("tables: %s", cfg.sweep_dir / "tables")
+    log.info("open the runs in MLflow: %s", tracking.ui_command(exp["tracking_uri"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m toolrl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name: str, help_: str, fn: Any, *flags: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True, help="the sweep's YAML config")
+        for f in flags:
+            s.add_argument(f"--{f}", required=f not in ("signal", "scheme", "lr", "seed"))
+        if name in ("warmup", "train", "evaluate"):
+            s.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake passes {threads})")
+        s.set_defaults(fn=fn)
+        return s
+
+    stage("prepare", "generate the task splits", cmd_prepare, "out")
+    stage("mlflow-init", "create the MLflow store and experiment once", cmd_mlflow_init, "out")
+    stage("warmup", "build and SFT the base model", cmd_warmup, "data", "experiment", "out")
+    stage("train", "train one grid cell", cmd_train, "data", "base", "experiment", "out",
+          "signal", "scheme", "lr", "seed")
+    ev = stage("evaluate", "greedy evaluation of one model on one split", cmd_evaluate, "data", "model",
+               "run-info", "experiment", "out", "signal", "scheme", "lr", "seed")
+    ev.add_argument("--split", required=True, choices=SPLITS)
+    stage("aggregate", "statistics, tables and plots over the sweep", cmd_aggregate, "experiment")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

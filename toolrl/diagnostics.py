@@ -1,0 +1,79 @@
+"""Collapse diagnostics: the structural state of each assistant message, and the probability the
+model puts on control tokens while it generates.
+
+The paper's claim is that collapse shows up as spikes in the probability of control tokens
+(`<tool_call>`, `<|im_end|>`) where content should follow. These probes measure exactly that on the
+rollouts that training already generates, so they cost no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import LogitsProcessor
+
+if TYPE_CHECKING:
+    from toolrl.formats import Format, Parsed
+
+STATES = ("healthy_call", "healthy_response", "text_pollution", "full_collapse")
+_CONTROL = re.compile(r"<\|im_end\|>|<\|im_start\|>|</?tool_call>|</?tool_response>|<\|endoftext\|>")
+
+
+def output_state(text: str, parsed: "Parsed", fmt: "Format") -> str:
+    """Classify one assistant message into the paper's four states.
+
+    full_collapse: nothing but control tokens and whitespace (e.g. a bare `<tool_call>`);
+    healthy_call: well-formed calls and nothing else; healthy_response: plain text with no call
+    syntax; text_pollution: everything in between (malformed calls, calls mixed with text)."""
+    if not _CONTROL.sub("", text).strip():
+        return "full_collapse"
+    if parsed.calls and parsed.error is None and not parsed.extra_text:
+        return "healthy_call"
+    if parsed.is_answer and fmt.call_marker not in text and not _CONTROL.search(text):
+        return "healthy_response"
+    return "text_pollution"
+
+
+class ControlTokenProbe(LogitsProcessor):
+    """Records p(<|im_end|>) and p(<tool_call>) at every generation step, for every row.
+
+    A logits processor sees the full next-token distribution for free during `generate`; keeping
+    two floats per step (not the whole vocabulary) keeps this cheap for a 150k-token vocabulary."""
+
+    def __init__(self, token_ids: dict[str, int]):
+        self.names = list(token_ids)
+        self.ids = torch.tensor(list(token_ids.values()))
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        self.steps.append(probs[:, self.ids.to(scores.device)].cpu())
+        return scores
+
+    def reset(self) -> None:
+        self.steps = []
+
+    def stats(self, new_tokens: torch.Tensor, lengths: list[int]) -> list[dict[str, list[float]]]:
+        """Per row: probabilities of each control token (a) at the message's first position,
+        (b) where the model sampled it, (c) right after a sampled `<tool_call>` (the collapse
+        pattern is `<|im_end|>` there)."""
+        if not self.steps:
+            return [{} for _ in lengths]
+        probs = torch.stack(self.steps, dim=1)  # rows × steps × tokens
+        tool_call = dict(zip(self.names, self.ids.tolist())).get("tool_call")
+        out = []
+        for row, n in enumerate(lengths):
+            rec: dict[str, list[float]] = {}
+            toks = new_tokens[row, :n].tolist()
+            for j, name in enumerate(self.names):
+                rec[f"p_{name}/first"] = [probs[row, 0, j].item()]
+                rec[f"p_{name}/sampled"] = [
+                    probs[row, t, j].item() for t, tok in enumerate(toks) if tok == self.ids[j].item()
+                ]
+                rec[f"p_{name}/after_tool_call"] = [
+                    probs[row, t, j].item() for t in range(1, n) if toks[t - 1] == tool_call
+                ]
+            out.append(rec)
+        return out

@@ -1,0 +1,133 @@
+"""One multi-turn episode between a model and a tool environment, as messages.
+
+The same class drives GRPO sampling, greedy evaluation and the rendering of expert trajectories,
+so the three cannot drift apart: an expert trajectory is just an episode whose messages come from
+the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from toolrl.diagnostics import output_state
+from toolrl.envs.base import Call, Task
+from toolrl.envs.synthetic import make_env
+from toolrl.formats import Format
+
+Message = dict[str, str]
+
+
+class Episode:
+    """Feeds model messages to the environment and scores each user turn when it closes.
+
+    A turn is checked as BFCL's multi-turn checker does (and as DESIGN.md specifies): the
+    environment state after the model's calls equals the state after the ground-truth calls, and
+    every ground-truth result is among the model's results of that turn. A turn whose ground truth
+    is empty (an ask-back turn) passes only if the model called nothing: the irrelevance check
+    that the authors' reward leaves out.
+    """
+
+    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4):
+        self.task = task
+        self.fmt = fmt
+        self.max_rounds_per_turn = max_rounds_per_turn
+        self.env = make_env(task)
+        self._gt_env = make_env(task)
+        self.turn = 0
+        self.turn_ok: list[bool] = []
+        self.format_errors = 0
+        self.states: list[str] = []
+        self.done = False
+        self.truncated = False
+        self._calls: list[Call] = []
+        self._results: list[str] = []
+        self._rounds = 0
+
+    def initial_messages(self) -> list[Message]:
+        return [
+            {"role": "system", "content": self.fmt.render_tools(self.env.schemas())},
+            {"role": "user", "content": self.task.turns[0].question},
+        ]
+
+    def step(self, text: str) -> list[Message]:
+        """Consume one assistant message; return the messages the environment answers with
+        (tool results or the next user question), or [] when the episode has ended."""
+        if self.done:
+            raise RuntimeError("step() on a finished episode")
+        parsed = self.fmt.parse(text)
+        self.states.append(output_state(text, parsed, self.fmt))
+        if parsed.is_answer:
+            self._close_turn()
+            if self.turn == len(self.task.turns):
+                self.done = True
+                return []
+            return [{"role": "user", "content": self.task.turns[self.turn].question}]
+        self._rounds += 1
+        if parsed.error is not None:
+            self.format_errors += 1
+            observations = [json.dumps({"error": parsed.error})]
+        else:
+            results = [self.env.execute(c) for c in parsed.calls]
+            self._calls += parsed.calls
+            self._results += results
+            observations = results
+        if self._rounds > self.max_rounds_per_turn:
+            self.done = True
+            return []
+        return [{"role": "tool", "content": o} for o in observations]
+
+    def truncate(self) -> None:
+        """The message or token budget ran out before the episode ended."""
+        self.done = True
+        self.truncated = True
+
+    def _close_turn(self) -> None:
+        gt = self.task.turns[self.turn].calls
+        gt_results = [self._gt_env.execute(c) for c in gt]
+        if not gt:
+            ok = not self._calls
+        else:
+            ok = (
+                bool(self._calls)
+                and self.env.state() == self._gt_env.state()
+                and not (Counter(gt_results) - Counter(self._results))
+            )
+        self.turn_ok.append(ok)
+        self.turn += 1
+        self._calls, self._results, self._rounds = [], [], 0
+
+    @property
+    def success(self) -> bool:
+        return not self.truncated and len(self.turn_ok) == len(self.task.turns) and all(self.turn_ok)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task.id,
+            "success": self.success,
+            "turns": len(self.task.turns),
+            "turns_completed": len(self.turn_ok),
+            "turns_ok": sum(self.turn_ok),
+            "format_errors": self.format_errors,
+            "messages": len(self.states),
+            "truncated": self.truncated,
+            "states": dict(Counter(self.states)),
+        }
+
+
+def expert_messages(task: Task, fmt: Format) -> list[Message]:
+    """The ground-truth trajectory as chat messages, produced by running it through an Episode
+    (so every expert trajectory is checked to succeed, and its tool results are real)."""
+    ep = Episode(task, fmt)
+    messages = ep.initial_messages()
+    for turn in task.turns:
+        for rnd in turn.rounds:
+            text = fmt.render_calls(rnd)
+            messages.append({"role": "assistant", "content": text})
+            messages += ep.step(text)
+        messages.append({"role": "assistant", "content": turn.reply})
+        messages += ep.step(turn.reply)
+    if not ep.success:
+        raise AssertionError(f"expert trajectory of task {task.id} does not pass the checker")
+    return messages

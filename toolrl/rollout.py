@@ -1,0 +1,157 @@
+"""The batched multi-turn rollout engine, shared by GRPO sampling and greedy evaluation.
+
+All unfinished episodes advance together: one `generate` call produces the next assistant message
+of every active episode (finished ones drop out of the batch), then each environment answers and
+its tokens are appended. The loss mask is built here, token by token: 1 for every token the model
+sampled (its `<|im_end|>` included), 0 for every token the rollout inserted. Masking bugs of this
+kind are a known cause of collapse in other frameworks, so tests check the mask exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from toolrl.config import RolloutConfig
+from toolrl.diagnostics import ControlTokenProbe
+from toolrl.envs.base import Task
+from toolrl.episode import Episode, Message
+from toolrl.formats import Format
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    episode: Episode
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    probes: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.episode.success
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def continuation(tokenizer: PreTrainedTokenizerBase, history: list[Message], new: list[Message]) -> str:
+    """The text the environment inserts after the model's `<|im_end|>`: whatever the chat template
+    puts between the end of the last assistant message and the next assistant header. Computed
+    from the model's own template, so a real checkpoint's layout is followed exactly."""
+    before = render(tokenizer, history, False)
+    after = render(tokenizer, history + new, True)
+    if not after.startswith(before):
+        raise ValueError("the chat template is not prefix-preserving; multi-turn rollouts need one that is")
+    eos = tokenizer.eos_token
+    cut = before.rindex(eos) + len(eos)
+    return after[cut:]
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    vocab = tokenizer.get_vocab()
+    out = {"im_end": vocab.get("<|im_end|>", tokenizer.eos_token_id)}
+    if "<tool_call>" in vocab:
+        out["tool_call"] = vocab["<tool_call>"]
+    return out
+
+
+@torch.no_grad()
+def run(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    fmt: Format,
+    cfg: RolloutConfig,
+    sample: bool,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+) -> list[Rollout]:
+    """Play every task to the end. Sampling is seeded by the caller (torch.manual_seed)."""
+    rollouts = []
+    for ep in (Episode(t, fmt) for t in tasks):
+        messages = ep.initial_messages()
+        rollouts.append(Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages))
+    was_training = model.training
+    model.eval()
+    probe = ControlTokenProbe(control_token_ids(tokenizer))
+    eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    try:
+        while True:
+            active = [r for r in rollouts if not r.episode.done]
+            if not active:
+                break
+            for start in range(0, len(active), batch_size):
+                _advance(model, tokenizer, active[start : start + batch_size], cfg, sample, temperature, probe, eos_id)
+    finally:
+        model.train(was_training)
+    return rollouts
+
+
+def _advance(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: list[Rollout],
+    cfg: RolloutConfig,
+    sample: bool,
+    temperature: float,
+    probe: ControlTokenProbe,
+    eos_id: int,
+) -> None:
+    """Generate one assistant message for each rollout in `batch`, then let each env answer."""
+    contexts = [r.prompt_ids + r.completion_ids for r in batch]
+    budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(len(c) for c in contexts)))
+    width = max(len(c) for c in contexts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
+    attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+    probe.reset()
+    gen_kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": budget, "eos_token_id": eos_id,
+                                  "pad_token_id": pad, "logits_processor": [probe]}
+    if sample:
+        gen_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **gen_kwargs)
+    new = out[:, width:].cpu()
+    lengths = []
+    for row in new.tolist():
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        lengths.append(n)
+    for r, row, n, stats in zip(batch, new.tolist(), lengths, probe.stats(new, lengths)):
+        tokens = row[:n]
+        r.completion_ids += tokens
+        r.env_mask += [1] * len(tokens)
+        for k, v in stats.items():
+            r.probes.setdefault(k, []).extend(v)
+        ended = tokens and tokens[-1] == eos_id
+        text = tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
+        if not ended:
+            r.episode.states.append("full_collapse" if not text.strip() else "text_pollution")
+            r.episode.truncate()
+            continue
+        replies = r.episode.step(text)
+        if r.episode.done:
+            continue
+        history = r.messages + [{"role": "assistant", "content": text}]
+        inserted = encode(tokenizer, continuation(tokenizer, history, replies))
+        total = len(r.prompt_ids) + len(r.completion_ids) + len(inserted)
+        if len(r.episode.states) >= cfg.max_messages or total >= cfg.max_total_tokens:
+            # Out of budget: the completion must end on a model token, so nothing is inserted.
+            r.episode.truncate()
+            continue
+        r.messages = history + replies
+        r.completion_ids += inserted
+        r.env_mask += [0] * len(inserted)

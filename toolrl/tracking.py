@@ -1,0 +1,277 @@
+"""The MLflow layer: one sqlite store per sweep, one run per training job.
+
+Everything goes through `mlflow.MlflowClient` with explicit ids instead of the fluent API,
+because the fluent API keeps global state (active experiment, active run) that does not
+survive the sweep's parallel jobs. Measured with mlflow 3.17.2 on a sqlite store:
+
+* A fresh sqlite DB migrated by several processes at once fails with `duplicate column name`,
+  so `init_store` creates the schema once, in a setup job that runs before all others.
+* `mlflow.set_experiment` racing with another process can return without making the
+  experiment active, and the next `start_run` then silently lands in "Default" (id 0). So the
+  experiment is created once up front, its id is written to a JSON file, and every run is
+  created with that `experiment_id` passed explicitly.
+* One `log_metric` call costs ~37 ms on sqlite and much more with 8 concurrent writers, so
+  `RunLogger` buffers metrics and sends them with `log_batch`.
+* The file store refuses to work unless MLFLOW_ALLOW_FILE_STORE=true, hence sqlite URIs; the
+  experiment's artifact location is set to an absolute path at creation so artifacts do not
+  land wherever the job's working directory happens to be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Metric, Param, RunStatus, RunTag
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+log = logging.getLogger(__name__)
+
+# A buffer this full is sent at once, so a long job never holds much unlogged data in memory
+# and a crash loses at most this many points.
+AUTO_FLUSH_METRICS = 500
+EXPERIMENT_KEYS = ("tracking_uri", "experiment_id", "experiment_name")
+
+
+class TrackingError(RuntimeError):
+    """A tracking store or experiment file that cannot be used: the message says which."""
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    """The sweep's own sqlite store, by absolute path so every job (any cwd) opens the same DB."""
+    return f"sqlite:///{Path(sweep_dir).resolve().as_posix()}/mlflow.db"
+
+
+def init_store(tracking_uri: str, experiment_name: str, artifact_location: Path, out: Path) -> str:
+    """Create the schema and the experiment once, before any parallel job, and record its id.
+
+    Must run alone: concurrent migrations of a fresh sqlite DB fail, and concurrent
+    `set_experiment` calls can leave runs in "Default". A second call (a rerun of the setup
+    job) finds the experiment and returns the same id; a concurrent creator is tolerated by
+    re-reading the experiment after RESOURCE_ALREADY_EXISTS. The JSON in `out` is written via a
+    temp file and `os.replace`, so a job never reads a half-written file.
+    """
+    client = MlflowClient(tracking_uri)  # opening the store creates or migrates the schema
+    location = Path(artifact_location).resolve().as_uri()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                raise
+            experiment_id = _check_existing(experiment, location, tracking_uri)
+        else:
+            log.info("created experiment %r (id %s) in %s", experiment_name, experiment_id, tracking_uri)
+    else:
+        experiment_id = _check_existing(experiment, location, tracking_uri)
+
+    record = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "experiment_name": experiment_name}
+    _write_json_atomic(Path(out), record)
+    return experiment_id
+
+
+def _check_existing(experiment: Experiment, location: str, tracking_uri: str) -> str:
+    """Reuse an existing experiment, refusing a deleted one (runs in it would be hidden)."""
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise TrackingError(
+            f"experiment {experiment.name!r} (id {experiment.experiment_id}) in {tracking_uri} is deleted; "
+            f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            "or use another experiment name"
+        )
+    if experiment.artifact_location != location:
+        log.warning(
+            "experiment %r keeps its artifact location %s (not %s): artifacts go there",
+            experiment.name,
+            experiment.artifact_location,
+            location,
+        )
+    return experiment.experiment_id
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_experiment(path: Path) -> dict[str, str]:
+    """Read the file `init_store` wrote; a job started before the setup job fails clearly here."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrackingError(f"experiment file {path} does not exist: run the tracking setup job first") from None
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"experiment file {path} is unreadable or not JSON: {exc}") from exc
+    missing = [k for k in EXPERIMENT_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), str)]
+    if missing:
+        raise TrackingError(f"experiment file {path} lacks string field(s) {', '.join(missing)}")
+    return {k: data[k] for k in EXPERIMENT_KEYS}
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Nested mappings become dotted keys (`a.b`); values become strings within mlflow's limit.
+
+    Longer values would make mlflow reject the whole batch, so they are truncated with a warning.
+    """
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten_params(value, prefix=f"{name}.")
+            continue
+        text = str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            log.warning("param %s truncated from %d to %d characters", name, len(text), MAX_PARAM_VAL_LENGTH)
+            text = text[:MAX_PARAM_VAL_LENGTH]
+        yield name, text
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RunLogger:
+    """One job's MLflow run: created (or resumed) on construction, ended on `__exit__`.
+
+    The run is always created with the explicit `experiment_id` from `init_store`, never the
+    active experiment, so a lost `set_experiment` race cannot move it to "Default". Metrics are
+    buffered and sent with `log_batch` because per-metric calls are slow on sqlite and slower
+    still with concurrent writers.
+
+    With `run_id` an existing run is resumed (evaluation jobs add their metrics to the training
+    job's run). A resumed run that is already FINISHED stays FINISHED whatever happens here: an
+    evaluation failure is reported by the evaluation job, it does not undo the training run.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+        run_id: str | None = None,
+    ) -> None:
+        experiment_id = str(experiment_id)
+        self._client = MlflowClient(tracking_uri)
+        self._buffer: list[Metric] = []
+        if run_id is None:
+            run = self._client.create_run(experiment_id, run_name=run_name)
+            self._keep_status = False
+        else:
+            run = self._client.get_run(run_id)
+            if run.info.experiment_id != experiment_id:
+                raise TrackingError(
+                    f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}"
+                )
+            self._keep_status = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            log.info("resuming run %s (%s, status %s)", run_id, run.info.run_name, run.info.status)
+        self._run_id: str = run.info.run_id
+        self._log_params_and_tags(params, tags)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def _log_params_and_tags(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        # Params are immutable in mlflow: re-logging an equal value on resume is accepted,
+        # a different value raises (the run id points at a run with another configuration).
+        param_entities = [Param(k, v) for k, v in flatten_params(params)]
+        tag_entities = [RunTag(str(k), str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
+        for chunk in _chunks(param_entities, MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=chunk, synchronous=True)
+        for chunk in _chunks(tag_entities, MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=chunk, synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer `metrics` at `step`; NaN/inf are skipped (with a warning) since they break plots."""
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            number = float(value)
+            if not math.isfinite(number):
+                log.warning(
+                    "run %s: metric %s=%s at step %d is not finite, not logged", self._run_id, key, value, step
+                )
+                continue
+            self._buffer.append(Metric(key, number, timestamp, int(step)))
+        if len(self._buffer) >= AUTO_FLUSH_METRICS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered metrics, at most MAX_METRICS_PER_BATCH per `log_batch` call."""
+        while self._buffer:
+            chunk = self._buffer[:MAX_METRICS_PER_BATCH]
+            self._client.log_batch(self._run_id, metrics=chunk, synchronous=True)
+            del self._buffer[: len(chunk)]
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a file (or a directory's contents) into the run's artifacts."""
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self._run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.flush()
+        except Exception:
+            self._end(failed=True)
+            if exc_type is None:
+                raise
+            # Do not mask the job's own exception with the flush error.
+            log.exception("run %s: buffered metrics lost while the job was failing", self._run_id)
+        else:
+            self._end(failed=exc_type is not None)
+
+    def _end(self, failed: bool) -> None:
+        if self._keep_status:
+            if failed:
+                log.warning("run %s stays FINISHED although this job failed", self._run_id)
+            return
+        status = RunStatus.FAILED if failed else RunStatus.FINISHED
+        self._client.set_terminated(self._run_id, RunStatus.to_string(status))

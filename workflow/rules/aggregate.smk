@@ -1,0 +1,21 @@
+rule aggregate:
+    """Mean ± bootstrap CI over seeds per cell and split, tests against the baseline, tables, plot."""
+    input:
+        config=RESOLVED,
+        experiment=rules.mlflow_init.output,
+        cells=expand("{run}/eval/{split}.json", run=RUN_DIRS, split=SPLITS),
+        base=expand(f"{SWEEP}/base/eval/{{split}}.json", split=SPLITS),
+    output:
+        table=report(f"{SWEEP}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
+        csv=f"{SWEEP}/tables/main.csv",
+        tex=f"{SWEEP}/tables/main.tex",
+        plot=report(f"{SWEEP}/plots/success.png", caption="../report/success_plot.rst", category="Figures"),
+        summary=f"{SWEEP}/summary.json",
+    params:
+        stage=section_hash(CFG, "aggregate", "sweep"),
+    log:
+        f"{SWEEP}/logs/aggregate.log",
+    conda:
+        "../../envs/toolrl.yaml"
+    shell:
+        "python -m toolrl aggregate --config {input.config} --experiment {input.experiment} 2> {log}"

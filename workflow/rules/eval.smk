@@ -1,0 +1,51 @@
+rule evaluate:
+    """Greedy evaluation of one trained cell on one split (id, format_ood, content_ood)."""
+    input:
+        config=RESOLVED,
+        data=rules.prepare.output,
+        model=rules.train.output.model,
+        run=rules.train.output.run,
+        experiment=rules.mlflow_init.output,
+    output:
+        f"{SWEEP}/runs/{CELL}/eval/{{split}}.json",
+    params:
+        stage=section_hash(CFG, "rollout"),
+        data=f"{SWEEP}/data",
+    threads: THREADS
+    resources:
+        mem_mb=CFG.resources.eval_mem_mb,
+    log:
+        f"{SWEEP}/logs/eval/{CELL}/{{split}}.log",
+    conda:
+        "../../envs/toolrl.yaml"
+    shell:
+        "python -m toolrl evaluate --config {input.config} --data {params.data} --model {input.model}"
+        " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
+        " --signal {wildcards.signal} --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed}"
+        " --threads {threads} 2> {log}"
+
+
+rule evaluate_base:
+    """The base model on the same splits: the row every cell is read against."""
+    input:
+        config=RESOLVED,
+        data=rules.prepare.output,
+        model=rules.warmup.output.model,
+        run=rules.warmup.output.report,
+        experiment=rules.mlflow_init.output,
+    output:
+        f"{SWEEP}/base/eval/{{split}}.json",
+    params:
+        stage=section_hash(CFG, "rollout"),
+        data=f"{SWEEP}/data",
+    threads: THREADS
+    resources:
+        mem_mb=CFG.resources.eval_mem_mb,
+    log:
+        f"{SWEEP}/logs/eval/base/{{split}}.log",
+    conda:
+        "../../envs/toolrl.yaml"
+    shell:
+        "python -m toolrl evaluate --config {input.config} --data {params.data} --model {input.model}"
+        " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
+        " --threads {threads} 2> {log}"

@@ -1,0 +1,51 @@
+rule warmup:
+    """The base model: built (tiny default) or loaded, then SFT on expert trajectories."""
+    input:
+        config=RESOLVED,
+        data=rules.prepare.output,
+        experiment=rules.mlflow_init.output,
+    output:
+        model=directory(f"{SWEEP}/base/model"),
+        report=f"{SWEEP}/base/warmup.json",
+    params:
+        stage=section_hash(CFG, "model", "warmup", "rollout"),
+        data=f"{SWEEP}/data",
+        out=f"{SWEEP}/base",
+    threads: THREADS
+    resources:
+        mem_mb=CFG.resources.train_mem_mb,
+    log:
+        f"{SWEEP}/logs/warmup.log",
+    conda:
+        "../../envs/toolrl.yaml"
+    shell:
+        "python -m toolrl warmup --config {input.config} --data {params.data} --experiment {input.experiment}"
+        " --out {params.out} --threads {threads} 2> {log}"
+
+
+rule train:
+    """One grid cell: the scheme's SFT and RL phases from the base model."""
+    input:
+        config=RESOLVED,
+        data=rules.prepare.output,
+        base=rules.warmup.output.model,
+        experiment=rules.mlflow_init.output,
+    output:
+        model=directory(f"{SWEEP}/runs/{CELL}/model"),
+        log=f"{SWEEP}/runs/{CELL}/train_log.jsonl",
+        run=f"{SWEEP}/runs/{CELL}/run.json",
+    params:
+        stage=section_hash(CFG, "sft", "rl", "rollout"),
+        data=f"{SWEEP}/data",
+        out=f"{SWEEP}/runs/{CELL}",
+    threads: THREADS
+    resources:
+        mem_mb=CFG.resources.train_mem_mb,
+    log:
+        f"{SWEEP}/logs/train/{CELL}.log",
+    conda:
+        "../../envs/toolrl.yaml"
+    shell:
+        "python -m toolrl train --config {input.config} --data {params.data} --base {input.base}"
+        " --experiment {input.experiment} --out {params.out} --signal {wildcards.signal}"
+        " --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed} --threads {threads} 2> {log}"
