@@ -104,6 +104,9 @@ class WarmupConfig:
     echo_replay_until: int = 400
     echo_replay_per_batch: int = 4
     value_weight: float = 3.0
+    # Share of trajectories in world.train_format (the rest in the other syntax): a real model's
+    # native call syntax dominates what it has seen too.
+    train_format_share: float = 0.75
     eval_every: int = 0
 
 
@@ -259,7 +262,8 @@ def validate(cfg: Config) -> None:
         for d in doms:
             _check(d in DOMAINS, key, f"unknown domain '{d}' (choose from {', '.join(DOMAINS)})")
     _check(not set(w.train_domains) & set(w.ood_domains), "world.ood_domains", "overlaps world.train_domains")
-    for key, p in (("world.chain_prob", w.chain_prob), ("world.ask_back_prob", w.ask_back_prob)):
+    for key, p in (("world.chain_prob", w.chain_prob), ("world.ask_back_prob", w.ask_back_prob),
+                   ("warmup.train_format_share", cfg.warmup.train_format_share)):
         _check(0.0 <= p <= 1.0, key, "must be in [0, 1]")
     for key, val in (
         ("world.n_eval_tasks", w.n_eval_tasks),

@@ -12,8 +12,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from toolrl.config import SPLITS, Cell, CellFilter, parse_cell
-from toolrl.io import read_json, write_text
+from toolrl.io import read_json, write_bytes, write_text
 from toolrl.stats import CORRECTIONS, adjust, compare, summarize
 
 log = logging.getLogger(__name__)
@@ -299,22 +297,6 @@ def _plot(summary: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _write_png(path: Path, png: bytes) -> None:
-    """`toolrl.io` writes text only; same temp-file-then-rename so a killed job leaves no half PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def aggregate(
     sweep_dir: Path,
     baseline: Union[Mapping[str, Any], CellFilter],
@@ -365,7 +347,7 @@ def aggregate(
     write_text(sweep_dir / "tables" / "main.md", _markdown(summary))
     write_text(sweep_dir / "tables" / "main.csv", _csv(summary))
     write_text(sweep_dir / "tables" / "main.tex", _latex(summary))
-    _write_png(sweep_dir / "plots" / "success.png", _plot(summary))
+    write_bytes(sweep_dir / "plots" / "success.png", _plot(summary))
     # allow_nan=False: a NaN that slipped through would be invalid JSON for every strict reader.
     write_text(sweep_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     log.info("wrote tables, plot and summary under %s (baseline %s)", sweep_dir, ref.name)

@@ -44,6 +44,9 @@ class CurveCallback(TrainerCallback):
         self._start = time.perf_counter()
         self._eval_seconds = 0.0
 
+    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[override]
+        self._start = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[override]
         if self.every and state.global_step % self.every == 0:
             self.record(state.global_step, kwargs["model"])
@@ -60,10 +63,13 @@ class CurveCallback(TrainerCallback):
 def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")
     tasks = read_tasks(data_dir / "warmup.jsonl")
-    formats = [get_format(name, cfg.world.prompt_style) for name in FORMATS]
+    train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
+    other_fmts = [get_format(n, cfg.world.prompt_style) for n in FORMATS if n != cfg.world.train_format]
+    share = cfg.warmup.train_format_share
 
     def trajectory() -> list[dict[str, str]]:
-        return expert_messages(rng.choice(tasks), rng.choice(formats))
+        fmt = train_fmt if rng.random() < share else rng.choice(other_fmts)
+        return expert_messages(rng.choice(tasks), fmt)
 
     def echo() -> list[dict[str, str]]:
         return echo_messages(rng)
@@ -81,7 +87,6 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, 
     examples = sft.curriculum(trajectory, echo, w.steps, w.batch_size, w.echo_steps, w.echo_replay_until,
                               w.echo_replay_per_batch, seed=seed)
     id_tasks = read_tasks(data_dir / "id.jsonl")
-    train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
     curve = CurveCallback(
         lambda m: evaluate.run(m, tokenizer, id_tasks, train_fmt, cfg.rollout)["success_rate"], w.eval_every
     )

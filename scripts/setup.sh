@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install toolrl with its test extras. On a machine without a GPU (or when
+# TOOLRL_TORCH is set) torch is pinned to the CPU build first, so pip does not pull gigabytes of
+# CUDA wheels; on a GPU machine an already installed torch is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && [ -z "${TOOLRL_TORCH:-}" ]; then
+    .venv/bin/python -m pip install --quiet torch
+  else
+    .venv/bin/python -m pip install --quiet "${TOOLRL_TORCH:-torch==2.13.*}"
+  fi
+fi
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "toolrl installed in .venv: run .venv/bin/snakemake --cores all"

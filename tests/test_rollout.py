@@ -1,0 +1,93 @@
+"""The rollout's loss mask, token by token: masking bugs are a known cause of collapse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toolrl import rollout
+from toolrl.config import RolloutConfig, TinyModelConfig
+from toolrl.episode import expert_messages
+from toolrl.formats import get_format
+from toolrl.model import build_tiny_model
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a policy: `generate` emits the expert's next assistant message for each row,
+    so the rollout must reproduce the expert trajectory exactly."""
+
+    def __init__(self, tokenizer, scripts: dict[int, list[list[int]]]):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.scripts = scripts  # first prompt token count → queue of messages (ids incl. <|im_end|>)
+        self.device = torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            real = [i for i, m in zip(ids, mask) if m]
+            key = next(k for k in self.scripts if real[:len(k)] == list(k))
+            rows.append(self.scripts[key].pop(0)[:max_new_tokens])
+        width = max(map(len, rows))
+        new = [r + [pad_token_id] * (width - len(r)) for r in rows]
+        return torch.cat([input_ids, torch.tensor(new)], dim=1)
+
+
+@pytest.mark.parametrize("fmt_name", ["json", "python"])
+def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
+    fmt = get_format(fmt_name)
+    tasks = splits["warmup"][:12]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    scripts, expected = {}, {}
+    for t in tasks:
+        msgs = expert_messages(t, fmt)
+        prompt = tuple(rollout.encode(tokenizer, rollout.render(tokenizer, msgs[:2], True)))
+        scripts[prompt] = [rollout.encode(tokenizer, m["content"]) + [eos] for m in msgs if m["role"] == "assistant"]
+        full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        expected[t.id] = (full["input_ids"], full["assistant_masks"])
+    model = ScriptedModel(tokenizer, scripts)
+    results = rollout.run(model, tokenizer, tasks, fmt, RolloutConfig(max_total_tokens=4000), sample=False, batch_size=5)
+    for r in results:
+        ids, mask = expected[r.episode.task.id]
+        n = len(r.prompt_ids)
+        # The template ends each assistant message with "<|im_end|>\n"; the model stops at <|im_end|>.
+        assert r.prompt_ids + r.completion_ids == ids[:-1] and ids[-1:] == tokenizer.encode("\n")
+        assert r.env_mask == mask[n:-1], "mask differs from the chat template's assistant mask"
+        sampled = [tok for tok, m in zip(r.completion_ids, r.env_mask) if m]
+        assert sampled.count(eos) == len(r.episode.states)  # every <|im_end|> the model generated is trained
+        assert r.success
+
+
+def test_random_policy_rollout_invariants(splits, tokenizer):
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                             intermediate_size=64), tokenizer, seed=0)
+    cfg = RolloutConfig(max_messages=6, max_new_tokens=24, max_total_tokens=300)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    results = rollout.run(model, tokenizer, splits["id"][:16], get_format("json"), cfg, sample=True)
+    for r in results:
+        assert r.episode.done
+        assert len(r.completion_ids) == len(r.env_mask) > 0
+        assert r.env_mask[-1] == 1  # a completion ends on a model token
+        assert len(r.prompt_ids) + len(r.completion_ids) <= cfg.max_total_tokens + cfg.max_new_tokens
+        assert r.completion_ids[-1] == eos or r.episode.truncated
+        assert set(r.probes) >= {"p_im_end/first", "p_tool_call/first"}
+        assert all(0.0 <= p <= 1.0 for v in r.probes.values() for p in v)
+
+
+def test_sampling_is_seeded(splits, tokenizer):
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                             intermediate_size=64), tokenizer, seed=0)
+    cfg = RolloutConfig(max_messages=4, max_new_tokens=16, max_total_tokens=200)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append([r.completion_ids for r in rollout.run(model, tokenizer, splits["id"][:8], get_format("json"),
+                                                           cfg, sample=True)])
+    assert runs[0] == runs[1]
+
+
+def test_continuation_needs_a_prefix_preserving_template(tokenizer):
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]
+    text = rollout.continuation(tokenizer, history, [{"role": "tool", "content": "{}"}])
+    assert text == "\n<|im_start|>user\n<tool_response>\n{}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"

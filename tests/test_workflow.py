@@ -1,0 +1,65 @@
+"""The DAG: what `snakemake -n` plans for the default sweep, overrides, and bad config."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp),
+         "--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+
+
+def job_counts(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    return tmp_path
+
+
+def test_dry_run_lists_every_job(workdir):
+    p = snakemake(workdir, "-n")
+    assert p.returncode == 0, p.stderr
+    counts = job_counts(p.stdout)
+    assert counts["train"] == 6
+    assert counts["evaluate"] == 18  # three evaluations per cell
+    assert counts["evaluate_base"] == 3
+    assert counts["aggregate"] == 1 and counts["warmup"] == 1 and counts["prepare"] == 1
+    assert "signal=sft/scheme=sequential/lr=1e-4/seed=2" in p.stdout
+
+
+def test_config_overrides_reshape_the_grid(workdir):
+    p = snakemake(workdir, "-n", "--config", "sweep={'seeds': [0, 1, 2, 3, 4], 'learning_rates': [1e-4, 1e-3]}")
+    assert p.returncode == 0, p.stderr
+    assert job_counts(p.stdout)["train"] == 2 * 5 * 2
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("sweep={'signals': ['bogus']}", "bogus"),
+        ("rl={'steps': 0}", "minimum"),
+        ("sweep={'seeds': []}", "seeds"),
+        ("sweep={'exclude': []}", "does not combine"),
+    ],
+)
+def test_bad_config_stops_before_any_job(workdir, override, needle):
+    p = snakemake(workdir, "-n", "--config", override)
+    assert p.returncode != 0
+    assert needle in p.stdout + p.stderr
+    assert not (workdir / "results").exists() or not any((workdir / "results").rglob("*.jsonl"))
