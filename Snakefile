@@ -6,7 +6,16 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from toolrl.config import SPLITS, ConfigError, format_lr, from_snakemake, grid, section_hash, to_dict
+from toolrl.config import (
+    SPLITS,
+    ConfigError,
+    coerce_scalars,
+    format_lr,
+    from_snakemake,
+    grid,
+    section_hash,
+    to_dict,
+)
 from toolrl.io import write_text
 
 min_version("9.0")
@@ -15,6 +24,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+config.update(coerce_scalars(config))
 validate(config, "workflow/schemas/config.schema.yaml")
 try:
     CFG = from_snakemake(config)
@@ -39,7 +49,6 @@ RUN_DIRS = expand(
     lr=[format_lr(c.lr) for c in CELLS],
     seed=[c.seed for c in CELLS],
 )
-THREADS = CFG.resources.threads
 
 
 wildcard_constraints:

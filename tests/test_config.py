@@ -88,3 +88,11 @@ def test_section_hash_tracks_only_its_sections():
     b = load(ROOT / "config.yaml", {"aggregate": {"n_resamples": 999}})
     assert section_hash(a, "rl", "sft") == section_hash(b, "rl", "sft")
     assert section_hash(a, "aggregate") != section_hash(b, "aggregate")
+
+
+def test_command_line_strings_are_read_as_scalars():
+    from toolrl.config import coerce_scalars
+
+    raw = {"sweep": {"seeds": ["0", "1"], "learning_rates": ["1e-4"], "name": "x"}, "model": {"name_or_path": "null"}}
+    assert coerce_scalars(raw) == {"sweep": {"seeds": [0, 1], "learning_rates": [1e-4], "name": "x"},
+                                   "model": {"name_or_path": None}}

@@ -7,7 +7,6 @@ inserted tokens with `env_mask`. Everything else (advantages, clipping, KL, opti
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import tempfile
@@ -19,13 +18,12 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from toolrl import rollout
+from toolrl import model as models, rollout
 from toolrl.config import RLConfig, RolloutConfig
 from toolrl.diagnostics import STATES
 from toolrl.envs.base import Task
 from toolrl.formats import Format
 
-log = logging.getLogger(__name__)
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
@@ -127,14 +125,7 @@ def train(
             loss_type=rl.loss_type,
             max_completion_length=rollout_cfg.max_total_tokens,
             logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            gradient_checkpointing=False,
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=False,
+            **models.trainer_defaults(seed),
         )
         trainer = GRPOTrainer(
             model=model,

@@ -6,10 +6,9 @@ template), so every later stage loads it exactly as it would load Qwen2.5-1.5B-I
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,7 +17,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from toolrl.config import TinyModelConfig
 from toolrl.io import atomic_dir
 
-log = logging.getLogger(__name__)
 
 PAD, EOS, BOS = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CONTROL_TOKENS = [PAD, BOS, EOS, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
@@ -125,6 +123,22 @@ def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, out: Path) 
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+def trainer_defaults(seed: int) -> dict[str, Any]:
+    """TrainingArguments shared by every SFT and GRPO run. TRL's defaults (bf16, gradient
+    checkpointing) do not run on a CPU; checkpoints are written by the stage, atomically, never by
+    the trainer; every random choice is seeded."""
+    on_gpu = torch.cuda.is_available()
+    return {
+        "use_cpu": not on_gpu,
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "data_seed": seed,
+    }
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -9,7 +9,6 @@ kind are a known cause of collapse in other frameworks, so tests check the mask 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +20,6 @@ from toolrl.diagnostics import ControlTokenProbe
 from toolrl.envs.base import Task
 from toolrl.episode import Episode, Message
 from toolrl.formats import Format
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -9,7 +9,6 @@ Two additions on top of SFTTrainer, both needed for a 1 M model to learn to copy
 
 from __future__ import annotations
 
-import logging
 import random
 import tempfile
 from typing import Any, Callable
@@ -21,7 +20,8 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-log = logging.getLogger(__name__)
+from toolrl import model as models
+
 
 Messages = list[dict[str, str]]
 
@@ -124,15 +124,8 @@ def train(
             packing=False,
             max_length=tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else 4096,
             logging_steps=log_every,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            gradient_checkpointing=False,
-            seed=seed,
-            data_seed=seed,
+            **models.trainer_defaults(seed),
             dataloader_drop_last=True,
-            disable_tqdm=False,
         )
         trainer = ValueWeightedSFTTrainer(
             model=model,

@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shlex
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,6 +40,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from toolrl.io import write_json
+
 log = logging.getLogger(__name__)
 
 # A buffer this full is sent at once, so a long job never holds much unlogged data in memory
@@ -50,7 +50,7 @@ AUTO_FLUSH_METRICS = 500
 EXPERIMENT_KEYS = ("tracking_uri", "experiment_id", "experiment_name")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ValueError):
     """A tracking store or experiment file that cannot be used: the message says which."""
 
 
@@ -87,7 +87,7 @@ def init_store(tracking_uri: str, experiment_name: str, artifact_location: Path,
         experiment_id = _check_existing(experiment, location, tracking_uri)
 
     record = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "experiment_name": experiment_name}
-    _write_json_atomic(Path(out), record)
+    write_json(Path(out), record)
     return experiment_id
 
 
@@ -107,21 +107,6 @@ def _check_existing(experiment: Experiment, location: str, tracking_uri: str) ->
             location,
         )
     return experiment.experiment_id
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_experiment(path: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ supervision is added. Implemented pairs: `none` × `rl` (vanilla GRPO) and `sft`
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ from toolrl.data import read_tasks
 from toolrl.episode import expert_messages
 from toolrl.formats import get_format
 from toolrl.warmup import value_token_ids
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path,

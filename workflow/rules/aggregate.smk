@@ -1,7 +1,6 @@
 rule aggregate:
     """Mean ± bootstrap CI over seeds per cell and split, tests against the baseline, tables, plot."""
     input:
-        config=RESOLVED,
         experiment=rules.mlflow_init.output,
         cells=expand("{run}/eval/{split}.json", run=RUN_DIRS, split=SPLITS),
         base=expand(f"{SWEEP}/base/eval/{{split}}.json", split=SPLITS),
@@ -12,10 +11,11 @@ rule aggregate:
         plot=report(f"{SWEEP}/plots/success.png", caption="../report/success_plot.rst", category="Figures"),
         summary=f"{SWEEP}/summary.json",
     params:
+        config=RESOLVED,
         stage=section_hash(CFG, "aggregate", "sweep"),
     log:
         f"{SWEEP}/logs/aggregate.log",
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl aggregate --config {input.config} --experiment {input.experiment} 2> {log}"
+        "python -m toolrl aggregate --config {params.config} --experiment {input.experiment} 2> {log}"

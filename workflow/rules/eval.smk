@@ -1,7 +1,6 @@
 rule evaluate:
     """Greedy evaluation of one trained cell on one split (id, format_ood, content_ood)."""
     input:
-        config=RESOLVED,
         data=rules.prepare.output,
         model=rules.train.output.model,
         run=rules.train.output.run,
@@ -9,9 +8,10 @@ rule evaluate:
     output:
         f"{SWEEP}/runs/{CELL}/eval/{{split}}.json",
     params:
+        config=RESOLVED,
         stage=section_hash(CFG, "rollout"),
         data=f"{SWEEP}/data",
-    threads: THREADS
+    threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.eval_mem_mb,
     log:
@@ -19,7 +19,7 @@ rule evaluate:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl evaluate --config {input.config} --data {params.data} --model {input.model}"
+        "python -m toolrl evaluate --config {params.config} --data {params.data} --model {input.model}"
         " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
         " --signal {wildcards.signal} --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed}"
         " --threads {threads} 2> {log}"
@@ -28,7 +28,6 @@ rule evaluate:
 rule evaluate_base:
     """The base model on the same splits: the row every cell is read against."""
     input:
-        config=RESOLVED,
         data=rules.prepare.output,
         model=rules.warmup.output.model,
         run=rules.warmup.output.report,
@@ -36,9 +35,10 @@ rule evaluate_base:
     output:
         f"{SWEEP}/base/eval/{{split}}.json",
     params:
+        config=RESOLVED,
         stage=section_hash(CFG, "rollout"),
         data=f"{SWEEP}/data",
-    threads: THREADS
+    threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.eval_mem_mb,
     log:
@@ -46,6 +46,6 @@ rule evaluate_base:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl evaluate --config {input.config} --data {params.data} --model {input.model}"
+        "python -m toolrl evaluate --config {params.config} --data {params.data} --model {input.model}"
         " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
         " --threads {threads} 2> {log}"

@@ -1,17 +1,17 @@
 rule warmup:
     """The base model: built (tiny default) or loaded, then SFT on expert trajectories."""
     input:
-        config=RESOLVED,
         data=rules.prepare.output,
         experiment=rules.mlflow_init.output,
     output:
         model=directory(f"{SWEEP}/base/model"),
         report=f"{SWEEP}/base/warmup.json",
     params:
+        config=RESOLVED,
         stage=section_hash(CFG, "model", "warmup", "rollout"),
         data=f"{SWEEP}/data",
         out=f"{SWEEP}/base",
-    threads: THREADS
+    threads: CFG.resources.warmup_threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,
     log:
@@ -19,14 +19,13 @@ rule warmup:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl warmup --config {input.config} --data {params.data} --experiment {input.experiment}"
+        "python -m toolrl warmup --config {params.config} --data {params.data} --experiment {input.experiment}"
         " --out {params.out} --threads {threads} 2> {log}"
 
 
 rule train:
     """One grid cell: the scheme's SFT and RL phases from the base model."""
     input:
-        config=RESOLVED,
         data=rules.prepare.output,
         base=rules.warmup.output.model,
         experiment=rules.mlflow_init.output,
@@ -35,10 +34,11 @@ rule train:
         log=f"{SWEEP}/runs/{CELL}/train_log.jsonl",
         run=f"{SWEEP}/runs/{CELL}/run.json",
     params:
+        config=RESOLVED,
         stage=section_hash(CFG, "sft", "rl", "rollout"),
         data=f"{SWEEP}/data",
         out=f"{SWEEP}/runs/{CELL}",
-    threads: THREADS
+    threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,
     log:
@@ -46,6 +46,6 @@ rule train:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl train --config {input.config} --data {params.data} --base {input.base}"
+        "python -m toolrl train --config {params.config} --data {params.data} --base {input.base}"
         " --experiment {input.experiment} --out {params.out} --signal {wildcards.signal}"
         " --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed} --threads {threads} 2> {log}"
