@@ -74,8 +74,8 @@ class WorldConfig:
     calls_choices: list[int] = field(default_factory=lambda: [1, 1, 2])
     # Harder features (world options): a value copied from an earlier tool result, and a user
     # request that lacks a parameter, where the right move is to ask back and call nothing.
-    chain_prob: float = 0.0
-    ask_back_prob: float = 0.0
+    chain_prob: float = 0.1
+    ask_back_prob: float = 0.1
 
 
 @dataclass

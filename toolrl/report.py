@@ -34,7 +34,7 @@ _TEST_NAMES = {"welch": "Welch", "mwu": "MWU"}
 
 @dataclass
 class Group:
-    """The runs of one (signal, scheme, lr) — or the untrained base model — with their rates."""
+    """The runs of one (signal, scheme, lr) — or the warm-up base model every cell starts from — with their rates."""
 
     name: str
     cells: list[Cell]  # one per seed, by seed; empty for the base model
@@ -188,7 +188,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"({summary['n_resamples']} resamples) in brackets. p-values are two-sided Welch t-tests and "
         f"Mann–Whitney U tests of each group against the baseline `{summary['baseline']}` over seeds, "
         f"{_correction_words(summary['correction'])} per split and per test across the {n_compared} "
-        f"compared groups. `{BASE}` is the untrained model (one evaluation, no CI)."
+        f"compared groups. `{BASE}` is the warm-up (SFT) model every cell starts from, before any RL (one evaluation, no CI)."
     )
     header = ["group", "n"] + list(splits) + [f"{s} {_TEST_NAMES[t]}" for s in splits for t in TESTS]
     rows = []
