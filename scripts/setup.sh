@@ -15,4 +15,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
-echo "toolrl installed in .venv: run .venv/bin/snakemake --cores all"
+echo "toolrl installed: . .venv/bin/activate && snakemake --cores all"

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
+ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 pytestmark = pytest.mark.slow
 
 
@@ -27,7 +30,7 @@ def sweep(tmp_path_factory):
     p = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
          "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config/smoke.yaml"), "--cores", "2"],
-        capture_output=True, text=True, timeout=1500,
+        capture_output=True, text=True, env=ENV, timeout=1500,
     )
     if p.returncode != 0:
         logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
+ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def snakemake(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp),
          "--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
     )
 
 
