@@ -123,7 +123,7 @@ class SFTConfig:
 
 @dataclass
 class RLConfig:
-    steps: int = 12
+    steps: int = 10
     prompts_per_step: int = 4
     num_generations: int = 8
     beta: float = 0.0
