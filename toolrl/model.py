@@ -98,10 +98,8 @@ def _sync_generation_config(model: torch.nn.Module, tokenizer: PreTrainedTokeniz
     gc.bos_token_id = None
 
 
-def load(path: str | Path, threads: int | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load(path: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load a checkpoint (local path or hub id) for training or generation on this machine."""
-    if threads:
-        torch.set_num_threads(threads)
     p = Path(path)
     if str(path).startswith((".", "/")) and not (p / "config.json").exists():
         raise FileNotFoundError(f"model checkpoint '{p}' not found (no config.json)")
