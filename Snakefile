@@ -13,6 +13,7 @@ from toolrl.config import (
     format_lr,
     from_snakemake,
     grid,
+    cell_sections,
     section_hash,
     to_dict,
 )

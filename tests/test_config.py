@@ -64,13 +64,23 @@ def test_schema_side_rejects_the_same(override, key):
 @pytest.mark.parametrize(
     "override,match",
     [
-        ({"sweep": {"exclude": []}}, "signal 'none' does not combine with scheme 'sequential'"),
+        ({"sweep": {"signals": ["none"], "pairs": {"none": []}}}, "no signal × scheme pair"),
+        ({"sweep": {"pairs": {"none": ["warp"]}}}, "sweep.pairs.none"),
+        ({"sweep": {"signals": ["sft"], "schemes": ["interleaved"], "baseline": {"signal": "sft", "scheme": "interleaved"}},
+          "schemes": {"interleaved": {"rl_phases": [1, 2]}}}, "schemes.interleaved.rl_phases"),
+        ({"signals": {"ets": {"rule": "most"}}}, "signals.ets.rule"),
+        ({"signals": {"ops": {"k": 8}}}, "signals.ops.k"),
+        ({"signals": {"prs": {"judge": {"kind": "openai"}}}}, "signals.prs.judge.url"),
+        ({"signals": {"prs": {"judge": {"kind": "hf"}}}}, "signals.prs.judge.model"),
+        ({"signals": {"ctrl": {"mode": "mute"}}}, "signals.ctrl.mode"),
+        ({"diagnostics": {"restore_splits": ["train"]}}, "diagnostics.restore_splits"),
+        ({"diagnostics": {"reward_drop": 0.0}}, "diagnostics.reward_drop"),
         ({"sweep": {"baseline": {"signal": "sft", "scheme": "rl"}}}, "sweep.baseline"),
         ({"world": {"ood_domains": ["bank"]}}, "world.ood_domains"),
         ({"world": {"train_domains": ["mars"]}}, "world.train_domains"),
         ({"world": {"ood_format": "json"}}, "world.ood_format"),
         ({"model": {"name_or_path": "/no/such/checkpoint"}}, "model.name_or_path"),
-        ({"sweep": {"signals": ["ops"]}}, "not implemented yet"),
+        ({"sweep": {"signals": ["ops"]}}, "sweep.baseline"),
     ],
 )
 def test_semantic_errors(override, match):
@@ -96,3 +106,26 @@ def test_command_line_strings_are_read_as_scalars():
     raw = {"sweep": {"seeds": ["0", "1"], "learning_rates": ["1e-4"], "name": "x"}, "model": {"name_or_path": "null"}}
     assert coerce_scalars(raw) == {"sweep": {"seeds": [0, 1], "learning_rates": [1e-4], "name": "x"},
                                    "model": {"name_or_path": None}}
+
+
+def test_grid_builds_only_the_meaningful_pairs():
+    from toolrl.config import SCHEMES, SIGNALS, grid
+
+    cfg = load(ROOT / "config.yaml", {"sweep": {"signals": list(SIGNALS), "schemes": list(SCHEMES),
+                                                "learning_rates": [1e-4, 1e-3], "seeds": [0, 1, 2], "exclude": []}})
+    pairs = {(c.signal, c.scheme) for c in grid(cfg)}
+    assert pairs == {(s, x) for s, xs in cfg.sweep.pairs.items() for x in xs}
+    assert len(pairs) == 10 and len(grid(cfg)) == 10 * 2 * 3
+    assert ("none", "sequential") not in pairs and ("ets", "rl") not in pairs
+
+
+def test_cell_sections_follow_what_a_cell_reads():
+    from toolrl.config import cell_sections
+
+    a = load(ROOT / "config.yaml")
+    b = load(ROOT / "config.yaml", {"signals": {"ops": {"k": 3}}})
+    for sig, sch, same in (("none", "rl", True), ("ctrl", "rl", True), ("ops", "rl", False)):
+        sections = cell_sections(sig, sch)
+        assert (section_hash(a, *sections) == section_hash(b, *sections)) == same
+    assert "schemes.interleaved" in cell_sections("prs", "interleaved")
+    assert "signals.ets" in cell_sections("prs", "interleaved")

@@ -20,12 +20,24 @@ from omegaconf.errors import OmegaConfBaseException
 
 SIGNALS = ("none", "sft", "ops", "hbg", "ets", "prs", "ctrl", "void_filter")
 SCHEMES = ("rl", "sequential", "synchronous", "interleaved")
-# What this release can train; the rest of SIGNALS/SCHEMES are reserved names from the paper.
-IMPLEMENTED_SIGNALS = ("none", "sft")
-IMPLEMENTED_SCHEMES = ("rl", "sequential")
-# The signal × scheme pairs that mean something: vanilla GRPO is RL only; SFT on expert
-# trajectories combines with RL through a scheme.
-MEANINGFUL = {"none": ("rl",), "sft": ("sequential",)}
+
+
+def _default_pairs() -> dict[str, list[str]]:
+    """The signal × scheme pairs that mean something (`sweep.pairs`). A signal says what
+    supervision is added; a scheme says when SFT on expert data happens relative to RL. Signals
+    that act inside the GRPO step (ops, hbg, ctrl, void_filter) need no SFT phase, so they pair
+    with `rl`; ETS and PRS build their SFT data from RL failures, so they need RL phases between
+    SFT phases (`interleaved`); plain `sft` combines with RL in all three SFT schemes."""
+    return {
+        "none": ["rl"],
+        "sft": ["sequential", "synchronous", "interleaved"],
+        "ops": ["rl"],
+        "hbg": ["rl"],
+        "ets": ["interleaved"],
+        "prs": ["interleaved"],
+        "ctrl": ["rl"],
+        "void_filter": ["rl"],
+    }
 SPLITS = ("id", "format_ood", "content_ood")
 FORMATS = ("json", "python")
 
@@ -51,9 +63,9 @@ class SweepConfig:
     schemes: list[str] = field(default_factory=lambda: ["rl", "sequential"])
     learning_rates: list[float] = field(default_factory=lambda: [1e-4])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    exclude: list[CellFilter] = field(
-        default_factory=lambda: [CellFilter(signal="none", scheme="sequential"), CellFilter(signal="sft", scheme="rl")]
-    )
+    # Only these pairs are built; `exclude` drops further cells (e.g. one lr for one signal).
+    pairs: dict[str, list[str]] = field(default_factory=_default_pairs)
+    exclude: list[CellFilter] = field(default_factory=list)
     baseline: CellFilter = field(default_factory=lambda: CellFilter(signal="none", scheme="rl"))
 
 
@@ -122,6 +134,126 @@ class SFTConfig:
 
 
 @dataclass
+class OPSConfig:
+    """Off-policy supervision: `k` rollouts of each GRPO group are the expert trajectory."""
+
+    k: int = 1
+
+
+@dataclass
+class HBGConfig:
+    """Hint-based guidance: `k` rollouts of each group are sampled with the correct call sequence
+    in the system prompt, and scored without it (the paper's hint_num=2)."""
+
+    k: int = 2
+
+
+@dataclass
+class ETSConfig:
+    """Erroneous-trajectory supervision: the SFT phase trains on the expert trajectories of tasks
+    that failed in the last `window` RL steps; `rule` any: one failed rollout selects a task,
+    all: a whole group must have failed."""
+
+    window: int = 10
+    rule: str = "any"
+
+
+@dataclass
+class JudgeConfig:
+    """Who writes a PRS reflection. rule: deterministic, from the diff against the ground truth;
+    hf: a local causal LM (`model` is its path); openai: an OpenAI-compatible endpoint (`url`,
+    `model`, and the key in the environment variable `api_key_env`)."""
+
+    kind: str = "rule"
+    model: Optional[str] = None
+    url: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_new_tokens: int = 256
+    timeout_s: float = 60.0
+
+
+@dataclass
+class PRSConfig:
+    """Process-reflection supervision: ETS plus SFT on a reflection of each selected failure."""
+
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class ForbidRule:
+    """Forbid `tokens` right after the token `after` ('' = at the first position of a message)."""
+
+    after: str = "<tool_call>"
+    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"])
+
+
+def _default_forbid() -> list[ForbidRule]:
+    """The collapsed patterns: a call opened and closed at once, a second opener, an empty message."""
+    return [ForbidRule("<tool_call>", ["<|im_end|>", "<tool_call>"]), ForbidRule("", ["<|im_end|>"])]
+
+
+@dataclass
+class CtrlConfig:
+    """An intervention on control tokens alone. penalty: at each RL step, add
+    `coef` · mean(relu(log p − log `threshold`)) of `<|im_end|>` and `<tool_call>` over the
+    positions of `batch_size` expert trajectories where the expert emits neither; clamp: forbid
+    the collapsed patterns (`diagnostics.forbid`) while sampling rollouts."""
+
+    mode: str = "penalty"
+    coef: float = 1.0
+    threshold: float = 0.01
+    batch_size: int = 8
+
+
+@dataclass
+class SignalsConfig:
+    ops: OPSConfig = field(default_factory=OPSConfig)
+    hbg: HBGConfig = field(default_factory=HBGConfig)
+    ets: ETSConfig = field(default_factory=ETSConfig)
+    prs: PRSConfig = field(default_factory=PRSConfig)
+    ctrl: CtrlConfig = field(default_factory=CtrlConfig)
+
+
+@dataclass
+class SynchronousConfig:
+    """L = L_rl + `sft_weight` · L_sft at every RL step, L_sft on `batch_size` expert trajectories."""
+
+    sft_weight: float = 0.1
+    batch_size: int = 8
+
+
+@dataclass
+class InterleavedConfig:
+    """RL phases of `rl_phases` steps (summing to rl.steps, so every scheme gets the same RL
+    budget) with an SFT phase of `sft_steps` steps (sft.learning_rate, sft.batch_size) between
+    consecutive RL phases, all in one trainer: optimizer state and step counter carry over."""
+
+    rl_phases: list[int] = field(default_factory=lambda: [3, 3, 4])
+    sft_steps: int = 5
+
+
+@dataclass
+class SchemesConfig:
+    synchronous: SynchronousConfig = field(default_factory=SynchronousConfig)
+    interleaved: InterleavedConfig = field(default_factory=InterleavedConfig)
+
+
+@dataclass
+class DiagnosticsConfig:
+    """The collapse detector and the restoration probe. A run is collapsed at the first step where
+    its success (mean over `window` steps) has fallen by at least `reward_drop` (relative to the
+    first `window` steps) while some control-token probe has moved by at least `token_shift`
+    (absolute) from its start. `restore_splits` are evaluated a second time with `forbid`
+    applied as a logit mask."""
+
+    window: int = 2
+    reward_drop: float = 0.5
+    token_shift: float = 0.3
+    restore_splits: list[str] = field(default_factory=lambda: ["id"])
+    forbid: list[ForbidRule] = field(default_factory=_default_forbid)
+
+
+@dataclass
 class RLConfig:
     steps: int = 10
     prompts_per_step: int = 4
@@ -176,6 +308,9 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    schemes: SchemesConfig = field(default_factory=SchemesConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -229,14 +364,14 @@ def validate(cfg: Config) -> None:
     """Semantic checks that a type system cannot express."""
     sw = cfg.sweep
     _check(bool(sw.name) and "/" not in sw.name, "sweep.name", "must be a non-empty name without '/'")
-    for key, values, allowed, implemented in (
-        ("sweep.signals", sw.signals, SIGNALS, IMPLEMENTED_SIGNALS),
-        ("sweep.schemes", sw.schemes, SCHEMES, IMPLEMENTED_SCHEMES),
-    ):
+    for key, values, allowed in (("sweep.signals", sw.signals, SIGNALS), ("sweep.schemes", sw.schemes, SCHEMES)):
         _check(len(values) > 0, key, "must not be empty")
         for v in values:
             _check(v in allowed, key, f"unknown value '{v}' (choose from {', '.join(allowed)})")
-            _check(v in implemented, key, f"'{v}' is not implemented yet (available: {', '.join(implemented)})")
+    for sig, schemes in sw.pairs.items():
+        _check(sig in SIGNALS, "sweep.pairs", f"unknown signal '{sig}' (choose from {', '.join(SIGNALS)})")
+        for sch in schemes:
+            _check(sch in SCHEMES, f"sweep.pairs.{sig}", f"unknown scheme '{sch}' (choose from {', '.join(SCHEMES)})")
     _check(len(sw.learning_rates) > 0, "sweep.learning_rates", "must not be empty")
     for lr in sw.learning_rates:
         _check(lr > 0, "sweep.learning_rates", f"learning rate {lr} must be > 0")
@@ -246,14 +381,12 @@ def validate(cfg: Config) -> None:
         _check(f.signal is None or f.signal in SIGNALS, f"{key}.signal", f"unknown signal '{f.signal}'")
         _check(f.scheme is None or f.scheme in SCHEMES, f"{key}.scheme", f"unknown scheme '{f.scheme}'")
     cells = grid(cfg)
-    _check(len(cells) > 0, "sweep.exclude", "excludes every cell of the grid")
-    for c in cells:
-        _check(c.scheme in MEANINGFUL[c.signal], "sweep.exclude",
-               f"signal '{c.signal}' does not combine with scheme '{c.scheme}' (it pairs with "
-               f"{', '.join(MEANINGFUL[c.signal])}); exclude {{signal: {c.signal}, scheme: {c.scheme}}}")
+    _check(len(cells) > 0, "sweep.signals",
+           "no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)")
     _check(
         any(c.matches(sw.baseline) for c in cells), "sweep.baseline", "matches no cell of the grid"
     )
+    _validate_signals(cfg)
     w = cfg.world
     _check(w.backend == "synthetic", "world.backend", f"unknown backend '{w.backend}' (choose from synthetic)")
     _check(w.train_format in FORMATS, "world.train_format", f"unknown format '{w.train_format}'")
@@ -295,6 +428,41 @@ def validate(cfg: Config) -> None:
         p = Path(cfg.model.name_or_path)
         looks_local = cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()
         _check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
+
+
+def _validate_signals(cfg: Config) -> None:
+    sig, sch, diag = cfg.signals, cfg.schemes, cfg.diagnostics
+    for key, k in (("signals.ops.k", sig.ops.k), ("signals.hbg.k", sig.hbg.k)):
+        _check(0 < k < cfg.rl.num_generations, key, f"must be in [1, rl.num_generations - 1], got {k}")
+    _check(sig.ets.window > 0, "signals.ets.window", f"must be > 0, got {sig.ets.window}")
+    _check(sig.ets.rule in ("any", "all"), "signals.ets.rule", f"choose from any, all, got '{sig.ets.rule}'")
+    j = sig.prs.judge
+    _check(j.kind in ("rule", "hf", "openai"), "signals.prs.judge.kind", f"choose from rule, hf, openai, got '{j.kind}'")
+    if j.kind == "hf":
+        _check(j.model is not None, "signals.prs.judge.model", "the hf judge needs a model path")
+    if j.kind == "openai":
+        _check(j.url is not None and j.model is not None, "signals.prs.judge.url",
+               "the openai judge needs url and model")
+    _check(sig.ctrl.mode in ("penalty", "clamp"), "signals.ctrl.mode", f"choose from penalty, clamp, got '{sig.ctrl.mode}'")
+    _check(0 < sig.ctrl.threshold < 1, "signals.ctrl.threshold", "must be in (0, 1)")
+    _check(sig.ctrl.batch_size > 0, "signals.ctrl.batch_size", "must be > 0")
+    _check(sch.synchronous.sft_weight >= 0, "schemes.synchronous.sft_weight", "must be >= 0")
+    _check(sch.synchronous.batch_size > 0, "schemes.synchronous.batch_size", "must be > 0")
+    il = sch.interleaved
+    _check(len(il.rl_phases) > 0 and all(n > 0 for n in il.rl_phases), "schemes.interleaved.rl_phases",
+           "must be a non-empty list of positive step counts")
+    if any(c.scheme == "interleaved" for c in grid(cfg)):
+        _check(sum(il.rl_phases) == cfg.rl.steps, "schemes.interleaved.rl_phases",
+               f"must sum to rl.steps ({cfg.rl.steps}) so every scheme gets the same RL budget, "
+               f"got {sum(il.rl_phases)}")
+    _check(il.sft_steps > 0, "schemes.interleaved.sft_steps", "must be > 0")
+    _check(diag.window > 0, "diagnostics.window", "must be > 0")
+    _check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")
+    _check(0 < diag.token_shift <= 1, "diagnostics.token_shift", "must be in (0, 1]")
+    for s in diag.restore_splits:
+        _check(s in SPLITS, "diagnostics.restore_splits", f"unknown split '{s}' (choose from {', '.join(SPLITS)})")
+    for i, r in enumerate(diag.forbid):
+        _check(len(r.tokens) > 0, f"diagnostics.forbid[{i}].tokens", "must not be empty")
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -350,15 +518,34 @@ def config_hash(cfg: Config) -> str:
 
 
 def section_hash(cfg: Config, *sections: str) -> str:
-    """A hash of some config sections, for Snakemake `params`: a job reruns when a section it
-    reads changes, and only then (a changed plot setting does not retrain anything)."""
+    """A hash of some config sections (dotted paths reach inside one), for Snakemake `params`: a
+    job reruns when a section it reads changes, and only then (a changed plot setting does not
+    retrain anything)."""
     d = to_dict(cfg)
-    blob = json.dumps({s: d[s] for s in sections}, sort_keys=True).encode()
+
+    def pick(path: str) -> Any:
+        node: Any = d
+        for key in path.split("."):
+            node = node[key]
+        return node
+
+    blob = json.dumps({s: pick(s) for s in sections}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def cell_sections(signal: str, scheme: str) -> list[str]:
+    """The config sections one training job reads, so that tuning one signal reruns only its cells."""
+    sections = ["rl", "rollout"]
+    if scheme != "rl":
+        sections += ["sft"] + ([f"schemes.{scheme}"] if scheme in ("synchronous", "interleaved") else [])
+    sections += {"ops": ["signals.ops"], "hbg": ["signals.hbg"], "ets": ["signals.ets"],
+                 "prs": ["signals.ets", "signals.prs"], "ctrl": ["signals.ctrl", "diagnostics.forbid"]}.get(signal, [])
+    return sections
+
+
 def grid(cfg: Config) -> list[Cell]:
-    """Every cell of signals × schemes × learning rates × seeds that the exclude list keeps."""
+    """Every cell of signals × schemes × learning rates × seeds whose signal × scheme pair is in
+    `sweep.pairs` and that no `sweep.exclude` filter drops."""
     sw = cfg.sweep
     cells = [
         Cell(sig, sch, float(lr), int(seed))
@@ -367,7 +554,7 @@ def grid(cfg: Config) -> list[Cell]:
         for lr in sw.learning_rates
         for seed in sw.seeds
     ]
-    return [c for c in cells if not any(c.matches(e) for e in sw.exclude)]
+    return [c for c in cells if c.scheme in sw.pairs.get(c.signal, ()) and not any(c.matches(e) for e in sw.exclude)]
 
 
 def parse_cell(signal: str, scheme: str, lr: str, seed: str) -> Cell:
@@ -376,6 +563,6 @@ def parse_cell(signal: str, scheme: str, lr: str, seed: str) -> Cell:
 
 
 __all__ = [
-    "Cell", "CellFilter", "Config", "ConfigError", "SIGNALS", "SCHEMES", "SPLITS",
+    "Cell", "CellFilter", "Config", "ConfigError", "ForbidRule", "JudgeConfig", "SIGNALS", "SCHEMES", "SPLITS",
     "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "to_dict", "validate",
 ]

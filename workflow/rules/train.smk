@@ -35,7 +35,7 @@ rule train:
         run=f"{SWEEP}/runs/{CELL}/run.json",
     params:
         config=RESOLVED,
-        stage=section_hash(CFG, "sft", "rl", "rollout"),
+        stage=lambda w: section_hash(CFG, *cell_sections(w.signal, w.scheme)),
         data=f"{SWEEP}/data",
         out=f"{SWEEP}/runs/{CELL}",
     threads: CFG.resources.threads
