@@ -80,7 +80,7 @@ def _table_rows(md: str) -> dict[str, list[str]]:
 
 
 def test_markdown_has_one_row_per_group_in_order(aggregated):
-    sweep, summary = aggregated
+    sweep, _ = aggregated
     md = (sweep / "tables" / "main.md").read_text()
     rows = _table_rows(md)
     assert list(rows) == ["base", "none/rl/lr=1e-4", "sft/rl/lr=1e-4"]
@@ -90,9 +90,12 @@ def test_markdown_has_one_row_per_group_in_order(aggregated):
     # id column: mean 85.0 with a CI in brackets; base has no CI.
     assert rows["sft/rl/lr=1e-4"][2].startswith("85.0 [")
     assert rows["base"][2] == "12.5"
+    # No train logs, no restoration probe: collapse unknown (n/a; — for base), no restored column.
+    assert header[5] == "collapsed" and not any("restored" in h for h in header)
+    assert rows["base"][5] == "—" and rows["sft/rl/lr=1e-4"][5] == "n/a"
     # p-value columns: dashes for base and baseline, n/a where Welch is undefined (format_ood).
-    assert set(rows["base"][5:]) == {"—"} and set(rows["none/rl/lr=1e-4"][5:]) == {"—"}
-    p_cells = dict(zip(header[5:], rows["sft/rl/lr=1e-4"][5:]))
+    assert set(rows["base"][6:]) == {"—"} and set(rows["none/rl/lr=1e-4"][6:]) == {"—"}
+    p_cells = dict(zip(header[6:], rows["sft/rl/lr=1e-4"][6:]))
     assert p_cells["format_ood Welch"] == "n/a"
     assert p_cells["id Welch"].startswith("p=")
     assert "none/rl/lr=1e-4" in md.split("|")[0]  # caption names the baseline
@@ -100,7 +103,7 @@ def test_markdown_has_one_row_per_group_in_order(aggregated):
 
 
 def test_csv_rows_and_values(aggregated):
-    sweep, summary = aggregated
+    sweep, _ = aggregated
     with open(sweep / "tables" / "main.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * len(SPLITS)
@@ -126,7 +129,7 @@ def test_csv_rows_and_values(aggregated):
 
 
 def test_tex_is_booktabs_with_bold_best(aggregated):
-    sweep, summary = aggregated
+    sweep, _ = aggregated
     tex = (sweep / "tables" / "main.tex").read_text()
     for cmd in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert cmd in tex
@@ -137,7 +140,7 @@ def test_tex_is_booktabs_with_bold_best(aggregated):
 
 
 def test_png_written(aggregated):
-    sweep, summary = aggregated
+    sweep, _ = aggregated
     png = sweep / "plots" / "success.png"
     assert png.stat().st_size > 1000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -236,3 +239,222 @@ def test_run_without_any_eval_is_skipped(sweep):
 def test_no_runs_raises(tmp_path):
     with pytest.raises(ValueError, match="no evaluated runs"):
         aggregate(tmp_path, BASELINE)
+
+
+# --------------------------------------------------------------------------- collapse, restoration, curves
+
+# sft/rl: seed 0 collapses by losing `<tool_call>` at the first position, seed 2 by `<|im_end|>` right
+# after `<tool_call>`; seed 1 and every none/rl seed stay healthy.
+LOG_MODES = {("none", "rl"): [None, None, None], ("sft", "rl"): ["first", None, "end"]}
+SFT_STEPS = {"none": 0, "sft": 5}  # sft/rl logs start with SFT rows, so RL steps are global (5..12)
+RESTORED = {("none", "rl"): {"id": [0.60, 0.65, 0.70]}, ("sft", "rl"): {"id": [0.90, 0.95, 1.00]}}
+BASE_RESTORED = {"id": 0.25}
+
+
+def _train_log(mode, sft_steps=0, n=8):
+    """`n` RL steps at success 0.7; from the 5th on, a collapsed run succeeds 10% of the time and its
+    probe has swung (detector, window 2: rolling success 0.1 <= 0.35 at the 6th RL step)."""
+    rows = [{"phase": "sft", "step": i, "sft_loss": 1.0 / (i + 1)} for i in range(sft_steps)]
+    for i in range(n):
+        bad = mode is not None and i >= 4
+        rows.append({
+            "phase": "rl", "step": sft_steps + i, "success": 0.1 if bad else 0.7, "reward": 0.1 if bad else 0.7,
+            "p_tool_call/first": 0.02 if bad and mode == "first" else 0.95,
+            "p_im_end/first": 0.01, "p_content/first": 0.04,
+            "p_im_end/after_tool_call": 0.97 if bad and mode == "end" else 0.02,
+            "state/text_pollution": 0.8 if bad else 0.05, "state/full_collapse": 0.1 if bad else 0.0,
+            "format_error_rate": 0.9 if bad else 0.05,
+        })
+    return rows
+
+
+def _write_diagnostics(d: Path, modes=LOG_MODES, restored=RESTORED, base_restored=BASE_RESTORED) -> None:
+    for (signal, scheme), per_seed in modes.items():
+        for seed, mode in enumerate(per_seed):
+            rows = _train_log(mode, SFT_STEPS[signal])
+            path = _run_dir(d, signal, scheme, seed) / "train_log.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    targets = [(_run_dir(d, sig, sch, seed) / "eval" / f"{split}.json", rate)
+               for (sig, sch), by_split in restored.items() for split, values in by_split.items()
+               for seed, rate in enumerate(values)]
+    targets += [(d / "base" / "eval" / f"{split}.json", rate) for split, rate in base_restored.items()]
+    for path, rate in targets:
+        doc = json.loads(path.read_text())
+        doc["restored"] = {"success_rate": rate, "format_error_rate": 0.0, "n": doc["n"]}
+        path.write_text(json.dumps(doc))
+
+
+def _diagnosed_sweep(d: Path) -> Path:
+    _write_sweep(d)
+    _write_diagnostics(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def diagnosed(tmp_path_factory) -> tuple[Path, dict]:
+    d = _diagnosed_sweep(tmp_path_factory.mktemp("diagnosed"))
+    return d, aggregate(d, BASELINE, n_resamples=500)
+
+
+def _header(md: str) -> list[str]:
+    return [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| ")).strip("|").split("|")]
+
+
+def test_markdown_collapse_rate_and_restored_column(diagnosed):
+    sweep, _ = diagnosed
+    md = (sweep / "tables" / "main.md").read_text()
+    header = _header(md)
+    assert header[:7] == ["group", "n", "id", "format_ood", "content_ood", "id restored", "collapsed"]
+    assert "format_ood restored" not in header  # only probed splits get a column
+    rows = {name: dict(zip(header, cells)) for name, cells in _table_rows(md).items()}
+    assert rows["sft/rl/lr=1e-4"]["collapsed"] == "2/3"
+    assert rows["none/rl/lr=1e-4"]["collapsed"] == "0/3"
+    assert rows["base"]["collapsed"] == "—"
+    assert rows["sft/rl/lr=1e-4"]["id restored"].startswith("95.0 [")
+    assert rows["none/rl/lr=1e-4"]["id restored"].startswith("65.0 [")
+    assert rows["base"]["id restored"] == "25.0"
+    assert rows["sft/rl/lr=1e-4"]["id"].startswith("85.0 [")  # the plain column is untouched
+    assert rows["sft/rl/lr=1e-4"]["id Welch"].startswith("p=")
+    assert "restoration probe" in md and "2 RL steps" in md and "50% of its first-2-step mean" in md
+
+
+def test_csv_collapse_and_restored(diagnosed):
+    sweep, _ = diagnosed
+    with open(sweep / "tables" / "main.csv", newline="") as f:
+        by = {(r["group"], r["split"]): r for r in csv.DictReader(f)}
+    sft_id = by[("sft/rl/lr=1e-4", "id")]
+    assert float(sft_id["restored_mean"]) == pytest.approx(0.95)
+    assert float(sft_id["restored_std"]) == pytest.approx(0.05)
+    assert float(sft_id["restored_ci_low"]) <= 0.95 <= float(sft_id["restored_ci_high"])
+    assert (sft_id["collapsed"], sft_id["collapse_rate"]) == ("2", "2/3")
+    assert by[("sft/rl/lr=1e-4", "format_ood")]["restored_mean"] == ""
+    assert by[("sft/rl/lr=1e-4", "format_ood")]["collapse_rate"] == "2/3"
+    assert by[("none/rl/lr=1e-4", "id")]["collapsed"] == "0"
+    assert float(by[("base", "id")]["restored_mean"]) == pytest.approx(0.25)
+    assert by[("base", "id")]["collapsed"] == "" and by[("base", "id")]["collapse_rate"] == ""
+
+
+def test_tex_collapse_and_restored(diagnosed):
+    sweep, _ = diagnosed
+    tex = (sweep / "tables" / "main.tex").read_text()
+    assert r"id restored & Collapsed \\" in tex
+    sft = next(line for line in tex.splitlines() if line.startswith(r"sft/rl/lr=1e-4 &"))
+    assert sft.endswith(r"& 2/3 \\") and r"\textbf{95.0} $\pm$" in sft
+    base = next(line for line in tex.splitlines() if line.startswith("base &"))
+    assert base.endswith(r"25.0 & -- \\")
+    assert r"\textless{}split\textgreater{} restored" in tex
+
+
+def test_summary_collapse_per_seed_and_restored(diagnosed):
+    sweep, summary = diagnosed
+    loaded = json.loads((sweep / "summary.json").read_text())
+    assert loaded == json.loads(json.dumps(summary))
+    assert loaded["restored_splits"] == ["id"]
+    assert loaded["diagnostics"] == {"window": 2, "reward_drop": 0.5, "token_shift": 0.3}
+    groups = {g["name"]: g for g in loaded["groups"]}
+    sft = groups["sft/rl/lr=1e-4"]["collapse"]
+    assert (sft["collapsed"], sft["runs"]) == (2, 3)
+    per_seed = {p["seed"]: p for p in sft["per_seed"]}
+    # The 6th RL step, after 5 SFT steps: the global step counter includes SFT.
+    assert [per_seed[s]["step"] for s in (0, 1, 2)] == [10, None, 10]
+    assert per_seed[0]["probe"] == "p_tool_call/first" and per_seed[0]["shift"] == pytest.approx(-0.93)
+    assert per_seed[2]["probe"] == "p_im_end/after_tool_call" and per_seed[2]["shift"] == pytest.approx(0.95)
+    assert per_seed[1]["collapsed"] is False and per_seed[0]["baseline_success"] == pytest.approx(0.7)
+    assert groups["none/rl/lr=1e-4"]["collapse"]["collapsed"] == 0
+    assert groups["base"]["collapse"] is None
+    restored = groups["sft/rl/lr=1e-4"]["restored"]
+    assert list(restored) == ["id"] and restored["id"]["values"] == [0.90, 0.95, 1.00]
+    assert restored["id"]["mean"] == pytest.approx(0.95)
+    assert groups["base"]["restored"]["id"]["mean"] == 0.25 and groups["base"]["restored"]["id"]["n"] == 1
+
+
+def _color_pixels(png: Path, rgb: tuple[float, float, float]) -> int:
+    from matplotlib.image import imread
+
+    img = imread(png)[..., :3]
+    return int((abs(img - rgb) < 0.04).all(axis=-1).sum())
+
+
+C0, C1 = (0.122, 0.467, 0.706), (1.0, 0.498, 0.055)  # matplotlib's first two cycle colours
+
+
+def test_curves_png_draws_every_group(diagnosed, aggregated):
+    sweep, _ = diagnosed
+    png = sweep / "plots" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # One line (and band) per group, in the cycle's colours: none/rl first, then sft/rl.
+    assert _color_pixels(png, C0) > 500 and _color_pixels(png, C1) > 500
+    # Without train logs the figure is written (Snakemake declares it) but has no group on it.
+    empty = aggregated[0] / "plots" / "curves.png"
+    assert empty.stat().st_size > 1000 and _color_pixels(empty, C0) == 0 and _color_pixels(empty, C1) == 0
+
+
+def test_detector_thresholds_are_passed_through(tmp_path):
+    from toolrl.config import DiagnosticsConfig
+
+    sweep = _diagnosed_sweep(tmp_path)
+    strict = aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(token_shift=0.99))
+    assert strict["diagnostics"]["token_shift"] == 0.99
+    assert [g["collapse"]["collapsed"] for g in strict["groups"][1:]] == [0, 0]
+    assert "0/3" in (sweep / "tables" / "main.md").read_text() and "2/3" not in (sweep / "tables" / "main.md").read_text()
+    # A window as long as the run leaves no step to judge.
+    assert aggregate(sweep, BASELINE, n_resamples=100,
+                     diagnostics=DiagnosticsConfig(window=8))["groups"][2]["collapse"]["collapsed"] == 0
+
+
+def test_cmd_aggregate_reads_diagnostics_from_config(tmp_path):
+    from toolrl.cli import main
+
+    sweep = _diagnosed_sweep(tmp_path / "results" / "s")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"results_dir: {tmp_path / 'results'}\nsweep: {{name: s}}\n"
+                   "aggregate: {n_resamples: 100}\ndiagnostics: {window: 3, reward_drop: 0.8, token_shift: 0.5}\n")
+    exp = tmp_path / "experiment.json"
+    exp.write_text(json.dumps({"tracking_uri": "sqlite:///x.db", "experiment_id": "1", "experiment_name": "t"}))
+    assert main(["aggregate", "--config", str(cfg), "--experiment", str(exp)]) == 0
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["diagnostics"] == {"window": 3, "reward_drop": 0.8, "token_shift": 0.5}
+    sft = next(g for g in summary["groups"] if g["name"] == "sft/rl/lr=1e-4")["collapse"]
+    # window 3: rolling success (0.7 + 0.1 + 0.1)/3 = 0.3 > 0.2 × 0.7, so it fires one step later.
+    assert sft["collapsed"] == 2 and [p["step"] for p in sft["per_seed"]] == [11, None, 11]
+    assert (sweep / "plots" / "curves.png").exists()
+
+
+def test_run_without_train_log_counts_over_logged_runs(tmp_path):
+    sweep = _diagnosed_sweep(tmp_path)
+    (_run_dir(sweep, "sft", "rl", 2) / "train_log.jsonl").unlink()
+    summary = aggregate(sweep, BASELINE, n_resamples=100)
+    sft = summary["groups"][2]["collapse"]
+    assert (sft["collapsed"], sft["runs"]) == (1, 2)
+    assert sft["per_seed"][2] == {"seed": 2, "collapsed": None, "step": None}
+    assert _table_rows((sweep / "tables" / "main.md").read_text())["sft/rl/lr=1e-4"][6] == "1/2"
+
+
+def test_unjudgeable_train_log_raises_with_path(tmp_path):
+    sweep = _diagnosed_sweep(tmp_path)
+    path = _run_dir(sweep, "none", "rl", 1) / "train_log.jsonl"
+    path.write_text(json.dumps({"phase": "sft", "step": 0, "sft_loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="no RL rows") as err:
+        aggregate(sweep, BASELINE, n_resamples=100)
+    assert str(path) in str(err.value)
+
+
+def test_restored_on_some_seeds_only_raises(tmp_path):
+    sweep = _diagnosed_sweep(tmp_path)
+    path = _run_dir(sweep, "sft", "rl", 1) / "eval" / "id.json"
+    doc = json.loads(path.read_text())
+    del doc["restored"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"sft/rl/lr=1e-4: split id .* seeds \[1\]"):
+        aggregate(sweep, BASELINE, n_resamples=100)
+
+
+def test_invalid_restored_raises_with_path(tmp_path):
+    sweep = _diagnosed_sweep(tmp_path)
+    path = _run_dir(sweep, "none", "rl", 0) / "eval" / "id.json"
+    doc = json.loads(path.read_text())
+    doc["restored"] = {"success_rate": 2.0}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="restored.success_rate") as err:
+        aggregate(sweep, BASELINE, n_resamples=100)
+    assert str(path) in str(err.value)

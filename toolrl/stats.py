@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -69,11 +69,11 @@ def summarize(
     return {"mean": mean, "std": std, "n": int(x.size), "ci_low": low, "ci_high": high}
 
 
-def _finite_or_none(p: float) -> Optional[float]:
+def _finite_or_none(p: float) -> float | None:
     return float(p) if math.isfinite(p) else None
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Optional[float]]:
+def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
     """Two-sided Welch t-test and Mann–Whitney U test of `a` against `b`, over seeds.
 
     Both, because with 3 seeds neither is trustworthy alone: Welch assumes normal per-seed means
@@ -99,7 +99,7 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Optional[float]
     }
 
 
-def _defined(pvalues: Sequence[Optional[float]]) -> tuple[list[int], np.ndarray]:
+def _defined(pvalues: Sequence[float | None]) -> tuple[list[int], np.ndarray]:
     """Indices and values of the p-values that exist; None marks a test that could not be run,
     which must not inflate the family size that the others are corrected for."""
     idx = [i for i, p in enumerate(pvalues) if p is not None]
@@ -109,14 +109,14 @@ def _defined(pvalues: Sequence[Optional[float]]) -> tuple[list[int], np.ndarray]
     return idx, p
 
 
-def _scatter(pvalues: Sequence[Optional[float]], idx: list[int], adj: np.ndarray) -> list[Optional[float]]:
-    out: list[Optional[float]] = [None] * len(pvalues)
+def _scatter(pvalues: Sequence[float | None], idx: list[int], adj: np.ndarray) -> list[float | None]:
+    out: list[float | None] = [None] * len(pvalues)
     for i, q in zip(idx, adj):
         out[i] = float(q)
     return out
 
 
-def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm–Bonferroni step-down adjusted p-values, in the input order.
 
     Holm rather than plain Bonferroni because it controls the same family-wise error rate and is
@@ -133,13 +133,13 @@ def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
     return _scatter(pvalues, idx, adj)
 
 
-def bonferroni(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+def bonferroni(pvalues: Sequence[float | None]) -> list[float | None]:
     """Bonferroni-adjusted p-values: kept for comparability with papers that report it."""
     idx, p = _defined(pvalues)
     return _scatter(pvalues, idx, np.minimum(1.0, p.size * p))
 
 
-def adjust(pvalues: Sequence[Optional[float]], method: str) -> list[Optional[float]]:
+def adjust(pvalues: Sequence[float | None], method: str) -> list[float | None]:
     """Dispatch on the config's `aggregate.correction`, so the name is checked in one place."""
     if method == "holm":
         return holm(pvalues)
