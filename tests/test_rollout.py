@@ -91,3 +91,62 @@ def test_continuation_needs_a_prefix_preserving_template(tokenizer):
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]
     text = rollout.continuation(tokenizer, history, [{"role": "tool", "content": "{}"}])
     assert text == "\n<|im_start|>user\n<tool_response>\n{}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("fmt_name", ["json", "python"])
+def test_expert_replay_matches_the_chat_template(splits, tokenizer, fmt_name):
+    """OPS trains on replayed expert trajectories: their tokens and mask must be what the chat
+    template gives for the same messages, and the checker must score them as successes."""
+    fmt = get_format(fmt_name)
+    for t in splits["rl"][:10]:
+        r = rollout.replay(tokenizer, t, fmt, RolloutConfig(max_total_tokens=4000))
+        full = tokenizer.apply_chat_template(expert_messages(t, fmt), tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True)
+        n = len(r.prompt_ids)
+        assert r.kind == "expert" and r.success
+        assert r.prompt_ids + r.completion_ids == full["input_ids"][:-1]
+        assert r.env_mask == full["assistant_masks"][n:-1]
+
+
+def test_hint_is_sampled_but_not_scored(splits, tokenizer):
+    """HBG: the hint is in the prompt the policy samples from and absent from the scored prompt."""
+    fmt = get_format("json")
+    tasks = splits["rl"][:4]
+    model = build_tiny_model(TinyModelConfig(), tokenizer, seed=0)
+    seen: list[list[int]] = []
+    real_generate = model.generate
+
+    def spy(input_ids, attention_mask, **kw):
+        seen.extend([i for i, m in zip(ids, mask) if m] for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()))
+        return real_generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    model.generate = spy
+    hints = ["Hint: call get_balance first.", None, "Hint: call get_balance first.", None]
+    torch.manual_seed(0)
+    rs = rollout.run(model, tokenizer, tasks, fmt, RolloutConfig(max_new_tokens=8), sample=True, hints=hints)
+    text = tokenizer.decode
+    for r, h in zip(rs, hints):
+        assert "Hint:" not in text(r.prompt_ids)
+        assert r.kind == ("hinted" if h else "policy")
+        if h:
+            assert "Hint: call get_balance first." in text(r.sample_prompt_ids)
+            assert any(ctx[: len(r.sample_prompt_ids)] == r.sample_prompt_ids for ctx in seen)
+    assert sum("Hint:" in text(ctx) for ctx in seen) >= 2  # the first message of each hinted task
+
+
+def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
+    from toolrl.config import ForbidRule
+    from toolrl.diagnostics import ForbidPatterns, forbid_rules
+
+    vocab = tokenizer.get_vocab()
+    tc, end = vocab["<tool_call>"], vocab["<|im_end|>"]
+    proc = ForbidPatterns(forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["<|im_end|>"]), ForbidRule("", ["<|im_end|>"])]))
+    proc.reset(3)
+    scores = torch.zeros(2, len(tokenizer))
+    first = proc(torch.tensor([[1, 2, tc], [1, 2, 3]]), scores)
+    assert torch.isinf(first[:, end]).all()  # the first position: no empty message, whatever came before
+    later = proc(torch.tensor([[1, 2, 3, tc], [1, 2, 3, 4]]), scores)
+    assert torch.isinf(later[0, end]) and not torch.isinf(later[1, end])
+    assert not torch.isinf(later[0, tc]) and torch.isfinite(later[1]).all()
+    with pytest.raises(ValueError, match="diagnostics.forbid"):
+        forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["no-such-token-xyz"])])

@@ -109,8 +109,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = {"cell": cell.__dict__ if cell else None, **result, "seconds": round(time.perf_counter() - t0, 1)}
     run_id = read_json(Path(args.run_info))["mlflow_run_id"]
     with _tracker(cfg, Path(args.experiment), "", {}, {}, run_id=run_id) as run:
-        run.log_metrics({f"{args.split}/success": result["success_rate"],
-                         f"{args.split}/format_error_rate": result["format_error_rate"]}, step=0)
+        metrics = {f"{args.split}/success": result["success_rate"],
+                   f"{args.split}/format_error_rate": result["format_error_rate"]}
+        if "restored" in result:
+            metrics[f"{args.split}/restored_success"] = result["restored"]["success_rate"]
+        run.log_metrics(metrics, step=0)
     write_json(Path(args.out), result)
     log.info("%s on %s: %.1f%% success (%d tasks)", cell.path if cell else "base", args.split,
              100 * result["success_rate"], result["n"])
@@ -121,10 +124,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     a = cfg.aggregate
-    report.aggregate(cfg.sweep_dir, cfg.sweep.baseline.__dict__, SPLITS, a.confidence, a.n_resamples,
-                     a.correction, seed=cfg.world.seed)
+    summary = report.aggregate(cfg.sweep_dir, cfg.sweep.baseline.__dict__, SPLITS, a.confidence, a.n_resamples,
+                               a.correction, seed=cfg.world.seed, diagnostics=cfg.diagnostics)
     exp = tracking.read_experiment(Path(args.experiment))
+    for g in summary["groups"]:
+        if g["collapse"] and g["collapse"]["collapsed"]:
+            log.info("collapse: %s in %d of %d runs", g["name"], g["collapse"]["collapsed"], g["collapse"]["runs"])
     log.info("tables: %s", cfg.sweep_dir / "tables")
+    log.info("training curves: %s", cfg.sweep_dir / "plots" / "curves.png")
     log.info("open the runs in MLflow: %s", tracking.ui_command(exp["tracking_uri"]))
 
 

@@ -12,9 +12,10 @@ import re
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
+    from toolrl.config import ForbidRule
     from toolrl.formats import Format, Parsed
 
 STATES = ("healthy_call", "healthy_response", "text_pollution", "full_collapse")
@@ -58,7 +59,9 @@ class ControlTokenProbe(LogitsProcessor):
     def stats(self, new_tokens: torch.Tensor, lengths: list[int]) -> list[dict[str, list[float]]]:
         """Per row: probabilities of each control token (a) at the message's first position,
         (b) where the model sampled it, (c) right after a sampled `<tool_call>` (the collapse
-        pattern is `<|im_end|>` there)."""
+        pattern is `<|im_end|>` there). `p_content` is the mass on every other token at (a) and
+        (c): the chance that content follows, defined the same way for any tokenizer (the first
+        content token of a JSON body is `{` for one vocabulary and `{"` for another)."""
         if not self.steps:
             return [{} for _ in lengths]
         probs = torch.stack(self.steps, dim=1)  # rows × steps × tokens
@@ -75,5 +78,48 @@ class ControlTokenProbe(LogitsProcessor):
                 rec[f"p_{name}/after_tool_call"] = [
                     probs[row, t, j].item() for t in range(1, n) if toks[t - 1] == tool_call
                 ]
+            content = 1.0 - probs[row].sum(dim=-1)
+            rec["p_content/first"] = [content[0].item()]
+            rec["p_content/after_tool_call"] = [content[t].item() for t in range(1, n) if toks[t - 1] == tool_call]
             out.append(rec)
         return out
+
+
+class ForbidPatterns(LogitsProcessor):
+    """Masks tokens that would continue a collapsed pattern: `rules` maps the preceding token id
+    (None: the first position of the message) to the ids it may not be followed by.
+
+    Used twice: as the `ctrl` signal's sampling-time clamp, and as the restoration probe at
+    evaluation, where it asks whether the capability survives once the pattern is ruled out."""
+
+    def __init__(self, rules: dict[int | None, list[int]]):
+        self.rules = {after: torch.tensor(ids) for after, ids in rules.items()}
+        self.start = 0
+
+    def reset(self, prompt_width: int) -> None:
+        self.start = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        first = input_ids.shape[1] == self.start
+        for after, ids in self.rules.items():
+            if after is None:
+                rows = torch.full((scores.shape[0],), first, device=scores.device)
+            else:
+                rows = (input_ids[:, -1] == after) & (not first)
+            if rows.any():
+                scores[rows.nonzero(as_tuple=True)[0].unsqueeze(1), ids.to(scores.device)] = float("-inf")
+        return scores
+
+
+def forbid_rules(tokenizer: PreTrainedTokenizerBase, rules: "list[ForbidRule]") -> dict[int | None, list[int]]:
+    """Config rules (token strings) → token ids, failing with the config key when a token is not
+    one token in this vocabulary (a rule that silently matched nothing would mask nothing)."""
+    vocab = tokenizer.get_vocab()
+    out: dict[int | None, list[int]] = {}
+    for i, r in enumerate(rules):
+        for tok in ([r.after] if r.after else []) + list(r.tokens):
+            if tok not in vocab:
+                raise ValueError(f"config key 'diagnostics.forbid[{i}]': '{tok}' is not a single token of this tokenizer")
+        out.setdefault(vocab[r.after] if r.after else None, []).extend(vocab[t] for t in r.tokens)
+    return out

@@ -39,6 +39,8 @@ class Episode:
         self.turn_ok: list[bool] = []
         self.format_errors = 0
         self.states: list[str] = []
+        # Messages that are neither a parsable call nor a final answer (SimpleTIR's void turns).
+        self.voids = 0
         self.done = False
         self.truncated = False
         self._calls: list[Call] = []
@@ -57,7 +59,10 @@ class Episode:
         if self.done:
             raise RuntimeError("step() on a finished episode")
         parsed = self.fmt.parse(text)
-        self.states.append(output_state(text, parsed, self.fmt))
+        state = output_state(text, parsed, self.fmt)
+        self.states.append(state)
+        if parsed.error is not None or state == "full_collapse":
+            self.voids += 1
         if parsed.is_answer:
             self._close_turn()
             if self.turn == len(self.task.turns):

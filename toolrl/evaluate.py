@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from toolrl import rollout
 from toolrl.config import Config, RolloutConfig
+from toolrl.diagnostics import ForbidPatterns, forbid_rules
 from toolrl.envs.base import Task
 from toolrl.formats import Format, get_format
 
@@ -24,8 +25,8 @@ def split_source(cfg: Config, split: str) -> tuple[str, str]:
 
 
 def run(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format,
-        cfg: RolloutConfig) -> dict[str, Any]:
-    rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False)
+        cfg: RolloutConfig, forbid: ForbidPatterns | None = None) -> dict[str, Any]:
+    rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False, forbid=forbid)
     records = [r.episode.summary() for r in rollouts]
     n = len(records)
     return {
@@ -39,5 +40,14 @@ def run(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: list[
 
 def run_split(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config, split: str,
               tasks: list[Task]) -> dict[str, Any]:
+    """The greedy evaluation; on `diagnostics.restore_splits` also the restoration probe: the same
+    evaluation with the collapsed patterns masked out, which tells a model that lost the skill
+    from one whose skill is only hidden behind a control-token spike."""
     _, fmt_name = split_source(cfg, split)
-    return {"split": split, **run(model, tokenizer, tasks, get_format(fmt_name, cfg.world.prompt_style), cfg.rollout)}
+    fmt = get_format(fmt_name, cfg.world.prompt_style)
+    result = {"split": split, **run(model, tokenizer, tasks, fmt, cfg.rollout)}
+    if split in cfg.diagnostics.restore_splits:
+        forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
+        restored = run(model, tokenizer, tasks, fmt, cfg.rollout, forbid)
+        result["restored"] = {k: restored[k] for k in ("success_rate", "format_error_rate", "n")}
+    return result

@@ -1,16 +1,26 @@
-"""GRPO on multi-turn tool use: TRL's GRPOTrainer driven by our rollout engine.
+"""GRPO on multi-turn tool use: TRL's GRPOTrainer driven by our rollout engine, plus the
+supervisory signals and training schemes of the sweep.
 
 TRL's built-in tool loop handles one user turn and needs a stock chat template; our tasks have up
 to three user turns, so we plug the batched multi-turn engine in through `rollout_func` and mark
-inserted tokens with `env_mask`. Everything else (advantages, clipping, KL, optimizer) is TRL's.
+inserted tokens with `env_mask`. Advantages, clipping, KL and the optimizer stay TRL's. The signals
+enter where TRL leaves room for them:
+- in the rollout function (OPS replaces rollouts by the expert trajectory, HBG samples some with a
+  hint that the scored prompt lacks, void_filter zeroes the mask of void trajectories, the ctrl
+  clamp masks collapsed patterns while sampling);
+- in `compute_loss` (synchronous SFT term, ctrl penalty), and in `training_step`, which runs the
+  SFT phases of the interleaved scheme inside the same trainer, so optimizer state and the step
+  counter carry over from phase to phase.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -19,10 +29,13 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from toolrl import model as models, rollout
-from toolrl.config import RLConfig, RolloutConfig
-from toolrl.diagnostics import STATES
+from toolrl.config import Config, RLConfig, RolloutConfig
+from toolrl.diagnostics import STATES, ForbidPatterns, forbid_rules
 from toolrl.envs.base import Task
+from toolrl.episode import Message
 from toolrl.formats import Format
+from toolrl.supervision import (ExpertPool, FailureLog, GroupOutcome, control_penalty, encode_examples, hint_text,
+                                weighted_nll)
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -30,7 +43,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 def rollout_metrics(rollouts: list[rollout.Rollout]) -> dict[str, float]:
     """Per-step diagnostics of a batch of episodes: success, format errors, the four output states,
     and the mean probability of each control token at the probed positions."""
-    n = len(rollouts)
+    n = max(1, len(rollouts))
     states: Counter[str] = Counter()
     for r in rollouts:
         states.update(r.episode.states)
@@ -38,6 +51,7 @@ def rollout_metrics(rollouts: list[rollout.Rollout]) -> dict[str, float]:
     out = {
         "success": sum(r.success for r in rollouts) / n,
         "format_error_rate": sum(r.episode.format_errors > 0 for r in rollouts) / n,
+        "void_rate": sum(r.episode.voids > 0 for r in rollouts) / n,
         "messages_per_episode": n_msgs / n,
         "truncated_rate": sum(r.episode.truncated for r in rollouts) / n,
     }
@@ -50,33 +64,86 @@ def rollout_metrics(rollouts: list[rollout.Rollout]) -> dict[str, float]:
     return out
 
 
+@dataclass
+class SignalSetup:
+    """What one cell's signal changes inside the RL step."""
+
+    ops_k: int = 0  # rollouts per group replaced by the expert trajectory
+    hbg_k: int = 0  # rollouts per group sampled with a hint
+    void_filter: bool = False
+    clamp: ForbidPatterns | None = None
+
+
+def signal_setup(cfg: Config, signal: str, tokenizer: PreTrainedTokenizerBase) -> SignalSetup:
+    sig = cfg.signals
+    return SignalSetup(
+        ops_k=sig.ops.k if signal == "ops" else 0,
+        hbg_k=sig.hbg.k if signal == "hbg" else 0,
+        void_filter=signal == "void_filter",
+        clamp=ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
+        if signal == "ctrl" and sig.ctrl.mode == "clamp" else None,
+    )
+
+
 class MultiTurnRollout:
     """A `rollout_func` for GRPOTrainer. Prompts are task ids (TRL passes only the prompt column,
-    already repeated `num_generations` times); each comes back as one multi-turn completion."""
+    already repeated `num_generations` times, each group contiguous); each comes back as one
+    multi-turn completion. The first `ops_k` (OPS) or `hbg_k` (HBG) members of a group are the
+    supervised ones; the on-policy rest alone feed `success`, the diagnostics and ETS."""
 
     def __init__(self, tasks: list[Task], fmt: Format, tokenizer: PreTrainedTokenizerBase, cfg: RolloutConfig,
-                 temperature: float, seed: int):
+                 rl: RLConfig, setup: SignalSetup, seed: int):
         self.tasks = {t.id: t for t in tasks}
         self.fmt = fmt
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.temperature = temperature
+        self.temperature = rl.temperature
+        self.n = rl.num_generations
+        self.setup = setup
         self.seed = seed
+        self.failures = FailureLog()
+        self.rl_steps = 0
         self.last: dict[str, float] = {}
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         torch.manual_seed(self.seed * 1_000_003 + trainer.state.global_step)
         model = trainer.accelerator.unwrap_model(trainer.model)
-        rs = rollout.run(model, self.tokenizer, [self.tasks[p] for p in prompts], self.fmt, self.cfg,
-                         sample=True, temperature=self.temperature)
-        self.last = rollout_metrics(rs)
+        s = self.setup
+        member = [i % self.n for i in range(len(prompts))]
+        expert = [m < s.ops_k for m in member]
+        hints = [hint_text(self.tasks[p], self.fmt) if m < s.hbg_k else None for p, m in zip(prompts, member)]
+        sampled_idx = [i for i, e in enumerate(expert) if not e]
+        sampled = rollout.run(model, self.tokenizer, [self.tasks[prompts[i]] for i in sampled_idx], self.fmt,
+                              self.cfg, sample=True, temperature=self.temperature,
+                              hints=[hints[i] for i in sampled_idx], forbid=s.clamp)
+        rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
+        for i, r in zip(sampled_idx, sampled):
+            rs[i] = r
+        for i, e in enumerate(expert):
+            if e:
+                rs[i] = rollout.replay(self.tokenizer, self.tasks[prompts[i]], self.fmt, self.cfg)
+        self.rl_steps += 1
+        self._record(prompts, rs)
+        policy = [r for r in rs if r.kind == "policy"]
+        self.last = rollout_metrics(policy)
+        self.last["success/with_supervised"] = sum(r.success for r in rs) / len(rs)
+        masks = [r.env_mask for r in rs]
+        if s.void_filter:
+            masks = [[0] * len(m) if r.episode.voids else m for r, m in zip(rs, masks)]
+            self.last["void_filtered"] = sum(r.episode.voids > 0 for r in rs) / len(rs)
         return {
             "prompt_ids": [r.prompt_ids for r in rs],
             "completion_ids": [r.completion_ids for r in rs],
             "logprobs": None,
-            "env_mask": [r.env_mask for r in rs],
+            "env_mask": masks,
             "success": [float(r.success) for r in rs],
         }
+
+    def _record(self, prompts: list[str], rs: list[rollout.Rollout]) -> None:
+        for start in range(0, len(rs), self.n):
+            group = [r for r in rs[start : start + self.n] if r.kind == "policy"]
+            failed = next((r.messages for r in reversed(group) if not r.success), None)
+            self.failures.add(GroupOutcome(self.rl_steps, prompts[start], [r.success for r in group], failed))
 
 
 def success_reward(prompts: list[str], completions: list[Any], success: list[float], **_: Any) -> list[float]:
@@ -84,19 +151,153 @@ def success_reward(prompts: list[str], completions: list[Any], success: list[flo
     return success
 
 
+class Plan:
+    """The phases of one training job: RL only, or RL phases with SFT phases between them."""
+
+    def __init__(self, rl_phases: list[int], sft_steps: int = 0):
+        self.phases: list[tuple[str, int]] = []
+        for i, n in enumerate(rl_phases):
+            if i and sft_steps:
+                self.phases.append(("sft", sft_steps))
+            self.phases.append(("rl", n))
+        self.total = sum(n for _, n in self.phases)
+
+    def phase(self, step: int) -> tuple[str, int]:
+        """(kind, index of the phase) of the 0-based global `step`."""
+        for i, (kind, n) in enumerate(self.phases):
+            if step < n:
+                return kind, i
+            step -= n
+        raise IndexError("step beyond the plan")
+
+
+class SFTPhaseData:
+    """Builds each interleaved SFT phase's examples when the phase starts: expert trajectories of
+    random RL tasks (signal sft), of the tasks that failed recently (ets), plus a reflection on
+    each of their failed trajectories (prs)."""
+
+    def __init__(self, signal: str, pool: ExpertPool, source: MultiTurnRollout, window: int, rule: str,
+                 judge: Callable[[Task, list[Message]], list[Message]] | None, batch_size: int, steps: int, seed: int):
+        self.signal = signal
+        self.pool = pool
+        self.source = source
+        self.window = window
+        self.rule = rule
+        self.judge = judge
+        self.need = batch_size * steps
+        self.rng = random.Random(seed)
+        self.selected: list[str] = []
+
+    def build(self) -> list[list[Message]]:
+        if self.signal == "sft":
+            self.selected = []
+            return self.pool.sample(self.need)
+        chosen = self.source.failures.select(self.source.rl_steps, self.window, self.rule)
+        self.selected = sorted(chosen)
+        examples = [self.pool.messages(self.source.tasks[t]) for t in self.selected]
+        if self.signal == "prs" and self.judge is not None:
+            examples += [self.judge(self.source.tasks[t], g.failed_messages)
+                         for t, g in sorted(chosen.items()) if g.failed_messages]
+        if not examples:
+            return []
+        order = [examples[i % len(examples)] for i in range(self.need)]
+        self.rng.shuffle(order)
+        return order
+
+
+class ToolGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer plus the sweep's schemes: an extra loss on expert batches at every RL step
+    (synchronous SFT, ctrl penalty), and SFT steps inside the same run (interleaved)."""
+
+    def __init__(self, *args: Any, plan: Plan, extra: dict[str, float], pool: ExpertPool | None = None,
+                 sync_weight: float = 0.0, sync_batch: int = 0, penalty: tuple[float, float, int] | None = None,
+                 sft_data: SFTPhaseData | None = None, sft_lr: float = 0.0, sft_batch: int = 0,
+                 value_ids: list[int] | None = None, value_weight: float = 1.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        self.extra = extra
+        self.pool = pool
+        self.sync_weight = sync_weight
+        self.sync_batch = sync_batch
+        self.penalty = penalty  # (coef, threshold, batch size)
+        self.sft_data = sft_data
+        self.sft_lr = sft_lr
+        self.sft_batch = sft_batch
+        self.value_ids = torch.tensor(sorted(value_ids or []), dtype=torch.long)
+        self.value_weight = value_weight
+        self.control_ids = torch.tensor(sorted(rollout.control_token_ids(self.processing_class).values()))
+        self._phase = -1
+        self._examples: list[list[Message]] = []
+
+    def _expert_batch(self, n: int, examples: list[list[Message]] | None = None) -> dict[str, torch.Tensor]:
+        assert self.pool is not None
+        batch = encode_examples(self.processing_class, examples or self.pool.sample(n))
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.sync_weight > 0:
+            b = self._expert_batch(self.sync_batch)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            sft = weighted_nll(logits, b["labels"], self.value_ids, self.value_weight)
+            loss = loss + self.sync_weight * sft
+            self.extra["sync_sft_loss"] = sft.item()
+        if self.penalty is not None:
+            coef, threshold, n = self.penalty
+            b = self._expert_batch(n)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            pen = control_penalty(logits, b["labels"], self.control_ids, threshold)
+            loss = loss + coef * pen
+            self.extra["ctrl_penalty"] = pen.item()
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[override]
+        kind, index = self.plan.phase(self.state.global_step)
+        if kind == "rl":
+            return super().training_step(model, inputs, num_items_in_batch)
+        assert self.sft_data is not None
+        if index != self._phase:
+            self._phase, self._examples = index, self.sft_data.build()
+            self.extra["sft/selected_tasks"] = float(len(self.sft_data.selected))
+        self.extra["sft/examples"] = float(len(self._examples))
+        model.train()
+        if not self._examples:  # nothing failed: the phase leaves the model as it is
+            return torch.zeros((), device=self.accelerator.device)
+        start = (self.state.global_step - sum(n for _, n in self.plan.phases[:index])) * self.sft_batch
+        b = self._expert_batch(0, self._examples[start : start + self.sft_batch])
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        loss = weighted_nll(logits, b["labels"], self.value_ids, self.value_weight)
+        self.accelerator.backward(loss)
+        # The scheduler resets the rate after this step's optimizer.step(): the SFT rate holds
+        # for SFT steps only, with the same Adam moments.
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.sft_lr
+        self.extra["sft_loss"] = loss.item()
+        return loss.detach()
+
+
 class StepLogger(TrainerCallback):
     """Joins TRL's per-step logs with the rollout's diagnostics into one record per step."""
 
-    def __init__(self, source: MultiTurnRollout, on_step: Callable[[dict[str, float]], None]):
+    def __init__(self, plan: Plan, source: MultiTurnRollout, extra: dict[str, float],
+                 on_step: Callable[[dict[str, Any]], None]):
+        self.plan = plan
         self.source = source
+        self.extra = extra
         self.on_step = on_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
         if not logs or "train_runtime" in logs:
             return
-        record = {"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
-        record.update(self.source.last)
-        self.on_step({k: v for k, v in record.items() if math.isfinite(v)})
+        kind, _ = self.plan.phase(state.global_step - 1)
+        record: dict[str, Any] = {"phase": kind, "step": state.global_step}
+        record.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        if kind == "rl":
+            record.update(self.source.last)
+            record["rl_step"] = self.source.rl_steps
+        record.update(self.extra)
+        self.extra.clear()
+        self.on_step({k: v for k, v in record.items() if not isinstance(v, float) or math.isfinite(v)})
 
 
 def train(
@@ -104,17 +305,29 @@ def train(
     tokenizer: PreTrainedTokenizerBase,
     tasks: list[Task],
     fmt: Format,
-    rl: RLConfig,
-    rollout_cfg: RolloutConfig,
+    cfg: Config,
+    signal: str,
+    scheme: str,
     learning_rate: float,
     seed: int,
-    on_step: Callable[[dict[str, float]], None],
-) -> None:
-    source = MultiTurnRollout(tasks, fmt, tokenizer, rollout_cfg, rl.temperature, seed)
+    on_step: Callable[[dict[str, Any]], None],
+    value_ids: list[int],
+    judge: Callable[[Task, list[Message]], list[Message]] | None = None,
+) -> ToolGRPOTrainer:
+    """GRPO for one cell; `scheme` rl/sequential run RL only here (sequential's SFT came before).
+    Returns the trainer, whose optimizer state tests inspect."""
+    rl, sig = cfg.rl, cfg.signals
+    source = MultiTurnRollout(tasks, fmt, tokenizer, cfg.rollout, rl, signal_setup(cfg, signal, tokenizer), seed)
+    il = cfg.schemes.interleaved
+    plan = Plan(il.rl_phases, il.sft_steps) if scheme == "interleaved" else Plan([rl.steps])
+    pool = ExpertPool(tasks, fmt, seed)
+    sft_data = SFTPhaseData(signal, pool, source, sig.ets.window, sig.ets.rule, judge, cfg.sft.batch_size,
+                            il.sft_steps, seed) if scheme == "interleaved" else None
+    extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="toolrl-grpo-") as scratch:
         args = GRPOConfig(
             output_dir=scratch,
-            max_steps=rl.steps,
+            max_steps=plan.total,
             per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
             num_generations=rl.num_generations,
             gradient_accumulation_steps=1,
@@ -123,17 +336,30 @@ def train(
             beta=rl.beta,
             temperature=rl.temperature,
             loss_type=rl.loss_type,
-            max_completion_length=rollout_cfg.max_total_tokens,
+            max_completion_length=cfg.rollout.max_total_tokens,
             logging_steps=1,
             **models.trainer_defaults(seed),
         )
-        trainer = GRPOTrainer(
+        trainer = ToolGRPOTrainer(
             model=model,
             reward_funcs=[success_reward],
             args=args,
             train_dataset=Dataset.from_list([{"prompt": t.id} for t in tasks]),
             processing_class=tokenizer,
             rollout_func=source,
-            callbacks=[StepLogger(source, on_step)],
+            callbacks=[StepLogger(plan, source, extra, on_step)],
+            plan=plan,
+            extra=extra,
+            pool=pool,
+            sync_weight=cfg.schemes.synchronous.sft_weight if scheme == "synchronous" else 0.0,
+            sync_batch=cfg.schemes.synchronous.batch_size,
+            penalty=(sig.ctrl.coef, sig.ctrl.threshold, sig.ctrl.batch_size)
+            if signal == "ctrl" and sig.ctrl.mode == "penalty" else None,
+            sft_data=sft_data,
+            sft_lr=cfg.sft.learning_rate,
+            sft_batch=cfg.sft.batch_size,
+            value_ids=value_ids,
+            value_weight=cfg.sft.value_weight,
         )
         trainer.train()
+    return trainer

@@ -16,20 +16,26 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from toolrl.config import RolloutConfig
-from toolrl.diagnostics import ControlTokenProbe
+from toolrl.diagnostics import ControlTokenProbe, ForbidPatterns
 from toolrl.envs.base import Task
-from toolrl.episode import Episode, Message
+from toolrl.episode import Episode, Message, expert_messages
 from toolrl.formats import Format
 
 
 @dataclass
 class Rollout:
+    """One episode as tokens. `prompt_ids` is the prompt the policy is scored on; a hinted
+    rollout (HBG) was sampled from `sample_prompt_ids` instead. `kind` is policy, hinted or
+    expert (OPS: teacher-forced ground truth). `messages` is the whole conversation so far."""
+
     episode: Episode
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     probes: dict[str, list[float]] = field(default_factory=dict)
+    sample_prompt_ids: list[int] | None = None
+    kind: str = "policy"
 
     @property
     def success(self) -> bool:
@@ -75,12 +81,22 @@ def run(
     sample: bool,
     temperature: float = 1.0,
     batch_size: int = 64,
+    hints: list[str | None] | None = None,
+    forbid: ForbidPatterns | None = None,
 ) -> list[Rollout]:
-    """Play every task to the end. Sampling is seeded by the caller (torch.manual_seed)."""
+    """Play every task to the end. Sampling is seeded by the caller (torch.manual_seed).
+
+    `hints[i]`, when set, is appended to task i's system prompt for sampling only (HBG); the
+    returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating."""
     rollouts = []
-    for ep in (Episode(t, fmt) for t in tasks):
+    for i, ep in enumerate(Episode(t, fmt) for t in tasks):
         messages = ep.initial_messages()
-        rollouts.append(Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages))
+        r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages)
+        if hints is not None and hints[i]:
+            hinted = [{**messages[0], "content": messages[0]["content"] + "\n\n" + hints[i]}, *messages[1:]]
+            r.sample_prompt_ids = encode(tokenizer, render(tokenizer, hinted, True))
+            r.kind = "hinted"
+        rollouts.append(r)
     was_training = model.training
     model.eval()
     probe = ControlTokenProbe(control_token_ids(tokenizer))
@@ -91,10 +107,27 @@ def run(
             if not active:
                 break
             for start in range(0, len(active), batch_size):
-                _advance(model, tokenizer, active[start : start + batch_size], cfg, sample, temperature, probe, eos_id)
+                _advance(model, tokenizer, active[start : start + batch_size], cfg, sample, temperature, probe,
+                         forbid, eos_id)
     finally:
         model.train(was_training)
     return rollouts
+
+
+def replay(tokenizer: PreTrainedTokenizerBase, task: Task, fmt: Format, cfg: RolloutConfig) -> Rollout:
+    """The expert trajectory as a rollout (OPS): the ground-truth messages are fed through the same
+    episode and token bookkeeping as sampled ones, so the checker scores them with the same
+    reward and the mask covers exactly the expert's assistant tokens."""
+    ep = Episode(task, fmt)
+    messages = ep.initial_messages()
+    r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages, kind="expert")
+    eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    texts = [m["content"] for m in expert_messages(task, fmt) if m["role"] == "assistant"]
+    for text in texts:
+        if r.episode.done:
+            break
+        _consume(tokenizer, r, encode(tokenizer, text) + [eos_id], eos_id, cfg)
+    return r
 
 
 def _advance(
@@ -105,18 +138,23 @@ def _advance(
     sample: bool,
     temperature: float,
     probe: ControlTokenProbe,
+    forbid: ForbidPatterns | None,
     eos_id: int,
 ) -> None:
     """Generate one assistant message for each rollout in `batch`, then let each env answer."""
-    contexts = [r.prompt_ids + r.completion_ids for r in batch]
+    contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
     budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(len(c) for c in contexts)))
     width = max(len(c) for c in contexts)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
     attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
     probe.reset()
+    processors: list[Any] = [probe]
+    if forbid is not None:
+        forbid.reset(width)
+        processors.append(forbid)
     gen_kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": budget, "eos_token_id": eos_id,
-                                  "pad_token_id": pad, "logits_processor": [probe]}
+                                  "pad_token_id": pad, "logits_processor": processors}
     if sample:
         gen_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
     else:
@@ -128,27 +166,33 @@ def _advance(
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         lengths.append(n)
     for r, row, n, stats in zip(batch, new.tolist(), lengths, probe.stats(new, lengths)):
-        tokens = row[:n]
-        r.completion_ids += tokens
-        r.env_mask += [1] * len(tokens)
         for k, v in stats.items():
             r.probes.setdefault(k, []).extend(v)
-        ended = tokens and tokens[-1] == eos_id
-        text = tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
-        if not ended:
-            r.episode.states.append("full_collapse" if not text.strip() else "text_pollution")
-            r.episode.truncate()
-            continue
-        replies = r.episode.step(text)
-        if r.episode.done:
-            continue
-        history = r.messages + [{"role": "assistant", "content": text}]
-        inserted = encode(tokenizer, continuation(tokenizer, history, replies))
-        total = len(r.prompt_ids) + len(r.completion_ids) + len(inserted)
-        if len(r.episode.states) >= cfg.max_messages or total >= cfg.max_total_tokens:
-            # Out of budget: the completion must end on a model token, so nothing is inserted.
-            r.episode.truncate()
-            continue
-        r.messages = history + replies
-        r.completion_ids += inserted
-        r.env_mask += [0] * len(inserted)
+        _consume(tokenizer, r, row[:n], eos_id, cfg)
+
+
+def _consume(tokenizer: PreTrainedTokenizerBase, r: Rollout, tokens: list[int], eos_id: int, cfg: RolloutConfig) -> None:
+    """Append one assistant message's tokens (mask 1), let the environment answer, and append what
+    the chat template inserts before the next assistant message (mask 0)."""
+    r.completion_ids += tokens
+    r.env_mask += [1] * len(tokens)
+    ended = bool(tokens) and tokens[-1] == eos_id
+    text = tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
+    r.messages = r.messages + [{"role": "assistant", "content": text}]
+    if not ended:
+        r.episode.states.append("full_collapse" if not text.strip() else "text_pollution")
+        r.episode.voids += 1
+        r.episode.truncate()
+        return
+    replies = r.episode.step(text)
+    if r.episode.done:
+        return
+    inserted = encode(tokenizer, continuation(tokenizer, r.messages, replies))
+    total = len(r.prompt_ids) + len(r.completion_ids) + len(inserted)
+    if len(r.episode.states) >= cfg.max_messages or total >= cfg.max_total_tokens:
+        # Out of budget: the completion must end on a model token, so nothing is inserted.
+        r.episode.truncate()
+        return
+    r.messages = r.messages + replies
+    r.completion_ids += inserted
+    r.env_mask += [0] * len(inserted)

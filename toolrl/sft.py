@@ -14,13 +14,13 @@ import tempfile
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from toolrl import model as models
+from toolrl.supervision import weighted_nll
 
 
 Messages = list[dict[str, str]]
@@ -75,15 +75,9 @@ class ValueWeightedSFTTrainer(SFTTrainer):
         self.value_weight = value_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-        labels = inputs["labels"]
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
         outputs = model(**model_inputs, use_cache=False)
-        logits = outputs.logits[:, :-1].float()
-        target = labels[:, 1:]
-        mask = (target != -100).float()
-        weight = torch.where(torch.isin(target, self.value_ids.to(target.device)), self.value_weight, 1.0) * mask
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.clamp(min=0).reshape(-1), reduction="none")
-        loss = (nll.view_as(weight) * weight).sum() / weight.sum().clamp(min=1.0)
+        loss = weighted_nll(outputs.logits, inputs["labels"], self.value_ids, self.value_weight)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -1,0 +1,180 @@
+"""Each signal and scheme, tested so that it fails if the signal silently does nothing."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from toolrl import grpo, rollout
+from toolrl.config import Config, RLConfig, RolloutConfig, TinyModelConfig
+from toolrl.episode import expert_messages
+from toolrl.formats import get_format
+from toolrl.model import build_tiny_model
+from toolrl.supervision import ExpertPool, FailureLog, GroupOutcome, control_penalty, encode_examples
+
+FMT = get_format("json")
+ROLL = RolloutConfig(max_new_tokens=12, max_total_tokens=1500, max_messages=8)
+
+
+@pytest.fixture()
+def model(tokenizer):
+    return build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=64), tokenizer, seed=0)
+
+
+def _call(source: grpo.MultiTurnRollout, model, prompts: list[str], step: int = 0):
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=step), model=model,
+                              accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    return source(prompts, trainer)
+
+
+def _group_prompts(tasks, n):
+    return [t.id for t in tasks for _ in range(n)]
+
+
+def test_ops_puts_the_expert_trajectory_in_the_loss_batch(splits, tokenizer, model):
+    tasks = splits["rl"][:3]
+    rl = RLConfig(num_generations=4)
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(ops_k=1), seed=0)
+    out = _call(source, model, _group_prompts(tasks, 4))
+    for g, t in enumerate(tasks):
+        expert = rollout.replay(tokenizer, t, FMT, ROLL)
+        i = 4 * g
+        assert out["completion_ids"][i] == expert.completion_ids and out["env_mask"][i] == expert.env_mask
+        assert out["success"][i] == 1.0  # scored by the same checker
+        assert all(out["completion_ids"][j] != expert.completion_ids for j in range(i + 1, i + 4))
+    # The logged success leaves the expert rows out; the with-supervised reward counts them.
+    assert source.last["success"] == pytest.approx(sum(out["success"][i] for i in range(12) if i % 4) / 9)
+    assert source.last["success/with_supervised"] == pytest.approx(sum(out["success"]) / 12)
+
+
+def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer, model, monkeypatch):
+    tasks = splits["rl"][:2]
+    seen: list[dict] = []
+    real = rollout.run
+
+    def spy(*args, **kw):
+        rs = real(*args, **kw)
+        seen.extend({"kind": r.kind, "sample": r.sample_prompt_ids, "scored": r.prompt_ids} for r in rs)
+        return rs
+
+    monkeypatch.setattr(rollout, "run", spy)
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=4),
+                                   grpo.SignalSetup(hbg_k=2), seed=0)
+    out = _call(source, model, _group_prompts(tasks, 4))
+    assert [s["kind"] for s in seen] == ["hinted", "hinted", "policy", "policy"] * 2
+    for s, scored in zip(seen, out["prompt_ids"]):
+        assert s["scored"] == scored and "Hint:" not in tokenizer.decode(scored)
+        if s["kind"] == "hinted":
+            text = tokenizer.decode(s["sample"])
+            assert "Hint:" in text and FMT.render_calls(tasks[0].turns[0].rounds[0]) in text or "Turn 1" in text
+
+
+def test_void_filter_drops_void_trajectories_from_the_loss(splits, tokenizer, model):
+    tasks = splits["rl"][:4]
+    rl = RLConfig(num_generations=4)
+    plain = _call(grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(), seed=0), model,
+                  _group_prompts(tasks, 4))
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(void_filter=True), seed=0)
+    out = _call(source, model, _group_prompts(tasks, 4))
+    assert out["completion_ids"] == plain["completion_ids"]  # same samples, same seed
+    dropped = [i for i, m in enumerate(out["env_mask"]) if not any(m)]
+    assert dropped, "a random model must produce void messages"
+    assert source.last["void_filtered"] == pytest.approx(len(dropped) / 16)
+    for i, (m, p) in enumerate(zip(out["env_mask"], plain["env_mask"])):
+        assert m == p or i in dropped
+
+
+def test_ets_selects_exactly_the_failed_tasks():
+    log = FailureLog()
+    log.add(GroupOutcome(1, "a", [True, False], None))
+    log.add(GroupOutcome(2, "b", [False, False], [{"role": "user", "content": "x"}]))
+    log.add(GroupOutcome(3, "c", [True, True], None))
+    log.add(GroupOutcome(4, "d", [False, True], None))
+    assert sorted(log.select(4, 10, "any")) == ["a", "b", "d"]
+    assert sorted(log.select(4, 10, "all")) == ["b"]
+    assert sorted(log.select(4, 2, "any")) == ["d"]  # window: steps 3 and 4 only
+
+
+def test_ets_phase_data_is_the_expert_trajectories_of_failed_tasks(splits, tokenizer, model):
+    tasks = splits["rl"][:4]
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=2), grpo.SignalSetup(), 0)
+    source.rl_steps = 1
+    source.failures.add(GroupOutcome(1, tasks[1].id, [False, True], [{"role": "user", "content": "q"}]))
+    source.failures.add(GroupOutcome(1, tasks[2].id, [True, True], None))
+    pool = ExpertPool(tasks, FMT, seed=0)
+    data = grpo.SFTPhaseData("ets", pool, source, 5, "any", None, batch_size=2, steps=2, seed=0)
+    examples = data.build()
+    assert data.selected == [tasks[1].id] and len(examples) == 4
+    assert all(e == expert_messages(tasks[1], FMT) for e in examples)
+    prs = grpo.SFTPhaseData("prs", pool, source, 5, "any",
+                            lambda task, msgs: [{"role": "user", "content": "why"}, {"role": "assistant", "content": task.id}],
+                            batch_size=2, steps=2, seed=0)
+    kinds = {e[-1]["content"] == tasks[1].id for e in prs.build()}
+    assert kinds == {True, False}  # both the expert trajectory and the reflection are trained on
+
+
+def test_ctrl_penalty_pushes_only_spikes_down(tokenizer, splits):
+    vocab = tokenizer.get_vocab()
+    ctrl = torch.tensor([vocab["<|im_end|>"], vocab["<tool_call>"]])
+    batch = encode_examples(tokenizer, [expert_messages(splits["rl"][0], FMT)])
+    logits = torch.zeros(1, batch["input_ids"].shape[1], len(tokenizer), requires_grad=True)
+    calm = control_penalty(logits, batch["labels"], ctrl, threshold=0.01)
+    assert calm.item() == 0.0  # uniform over ~1k tokens: p ≈ 0.001 < 0.01, no gradient
+    spiked = logits.detach().clone()
+    spiked[..., vocab["<|im_end|>"]] = 8.0
+    spiked.requires_grad_(True)
+    pen = control_penalty(spiked, batch["labels"], ctrl, threshold=0.01)
+    pen.backward()
+    assert pen.item() > 0 and (spiked.grad[..., vocab["<|im_end|>"]] > 0).any()
+
+
+def test_signal_setup_follows_the_config(tokenizer):
+    cfg = Config()
+    assert grpo.signal_setup(cfg, "none", tokenizer) == grpo.SignalSetup()
+    assert grpo.signal_setup(cfg, "ops", tokenizer).ops_k == cfg.signals.ops.k
+    assert grpo.signal_setup(cfg, "hbg", tokenizer).hbg_k == cfg.signals.hbg.k
+    assert grpo.signal_setup(cfg, "void_filter", tokenizer).void_filter
+    assert grpo.signal_setup(cfg, "ctrl", tokenizer).clamp is None  # penalty mode
+    cfg.signals.ctrl.mode = "clamp"
+    assert grpo.signal_setup(cfg, "ctrl", tokenizer).clamp is not None
+
+
+def _train(tokenizer, splits, model, signal, scheme, **over):
+    cfg = Config()
+    cfg.rl = RLConfig(steps=2, prompts_per_step=2, num_generations=2)
+    cfg.rollout = ROLL
+    cfg.sft.batch_size = 2
+    cfg.schemes.synchronous.batch_size = 2
+    cfg.schemes.interleaved.rl_phases = [1, 1]
+    cfg.schemes.interleaved.sft_steps = 2
+    for k, v in over.items():
+        setattr(cfg.schemes.synchronous, k, v)
+    rows: list[dict] = []
+    trainer = grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, signal, scheme, 1e-3, 0, rows.append, [])
+    return rows, trainer
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_synchronous_sft_term_changes_the_gradient(splits, tokenizer, model, weight):
+    """A random model never succeeds, so every group has zero advantage and GRPO alone leaves the
+    weights where they are; the synchronous SFT term must move them."""
+    before = [p.detach().clone() for p in model.parameters()]
+    rows, _ = _train(tokenizer, splits, model, "sft", "synchronous", sft_weight=weight)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert moved == (weight > 0)
+    assert all(r["success"] == 0.0 for r in rows)
+    if weight:
+        assert all(r["sync_sft_loss"] > 0 for r in rows)
+
+
+def test_interleaved_runs_sft_phases_in_one_trainer(splits, tokenizer, model):
+    rows, trainer = _train(tokenizer, splits, model, "ets", "interleaved")
+    assert [r["phase"] for r in rows] == ["rl", "sft", "sft", "rl"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # one step counter through the phases
+    assert rows[1]["sft/selected_tasks"] == 2  # both prompts of RL phase 1 failed
+    assert all(r["sft_loss"] > 0 for r in rows[1:3])
+    state = trainer.optimizer.state[next(iter(trainer.model.parameters()))]
+    assert int(state["step"]) == 4  # one optimizer: Adam's state saw every step of every phase
