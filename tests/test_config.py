@@ -21,8 +21,9 @@ def test_default_config_loads_and_validates():
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate(raw, SCHEMA)
     cells = grid(cfg)
-    assert {(c.signal, c.scheme) for c in cells} == {("none", "rl"), ("sft", "sequential")}
-    assert len(cells) == 2 * len(cfg.sweep.seeds) * len(cfg.sweep.learning_rates)
+    groups = {(c.signal, c.scheme, c.lr) for c in cells}
+    assert groups == {("none", "rl", 3e-5), ("none", "rl", 1e-3), ("sft", "synchronous", 1e-3), ("ops", "rl", 1e-3)}
+    assert len(cells) == len(groups) * len(cfg.sweep.seeds)
 
 
 def test_schema_defaults_match_the_dataclasses():

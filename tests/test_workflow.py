@@ -39,17 +39,19 @@ def test_dry_run_lists_every_job(workdir):
     p = snakemake(workdir, "-n")
     assert p.returncode == 0, p.stderr
     counts = job_counts(p.stdout)
-    assert counts["train"] == 6
-    assert counts["evaluate"] == 18  # three evaluations per cell
+    assert counts["train"] == 12  # none at two lrs, sft and ops at the collapsing one, 3 seeds
+    assert counts["evaluate"] == 36  # three evaluations per cell
     assert counts["evaluate_base"] == 3
     assert counts["aggregate"] == 1 and counts["warmup"] == 1 and counts["prepare"] == 1
-    assert "signal=sft/scheme=sequential/lr=1e-4/seed=2" in p.stdout
+    assert "signal=sft/scheme=synchronous/lr=1e-3/seed=2" in p.stdout
+    assert "signal=ops/scheme=rl/lr=3e-5" not in p.stdout
 
 
 def test_config_overrides_reshape_the_grid(workdir):
-    p = snakemake(workdir, "-n", "--config", "sweep={'seeds': [0, 1, 2, 3, 4], 'learning_rates': [1e-4, 1e-3]}")
+    p = snakemake(workdir, "-n", "--config", "sweep={'seeds': [0, 1, 2, 3, 4], 'learning_rates': [1e-4, 1e-3], "
+                  "'exclude': [], 'baseline': {'signal': 'none'}}")
     assert p.returncode == 0, p.stderr
-    assert job_counts(p.stdout)["train"] == 2 * 5 * 2
+    assert job_counts(p.stdout)["train"] == 3 * 5 * 2
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,8 @@ def test_config_overrides_reshape_the_grid(workdir):
         ("sweep={'signals': ['bogus']}", "bogus"),
         ("rl={'steps': 0}", "minimum"),
         ("sweep={'seeds': []}", "seeds"),
-        ("sweep={'exclude': []}", "does not combine"),
+        ("sweep={'signals': ['ets'], 'schemes': ['rl']}", "no signal × scheme pair"),
+        ("signals={'ets': {'rule': 'most'}}", "most"),
     ],
 )
 def test_bad_config_stops_before_any_job(workdir, override, needle):
@@ -66,3 +69,15 @@ def test_bad_config_stops_before_any_job(workdir, override, needle):
     assert p.returncode != 0
     assert needle in p.stdout + p.stderr
     assert not (workdir / "results").exists() or not any((workdir / "results").rglob("*.jsonl"))
+
+
+def test_all_signals_and_schemes_build_exactly_the_meaningful_cells(workdir):
+    p = snakemake(workdir, "-n", "--configfile", str(ROOT / "config" / "full.yaml"))
+    assert p.returncode == 0, p.stderr
+    counts = job_counts(p.stdout)
+    assert counts["train"] == 10 * 3 * 3  # 10 meaningful signal × scheme pairs, 3 lrs, 3 seeds
+    assert counts["evaluate"] == 3 * counts["train"]
+    built = set(re.findall(r"signal=(\w+)/scheme=(\w+)/lr=", p.stdout))
+    assert built == {("none", "rl"), ("sft", "sequential"), ("sft", "synchronous"), ("sft", "interleaved"),
+                     ("ops", "rl"), ("hbg", "rl"), ("ets", "interleaved"), ("prs", "interleaved"),
+                     ("ctrl", "rl"), ("void_filter", "rl")}

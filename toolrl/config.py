@@ -228,7 +228,7 @@ class InterleavedConfig:
     budget) with an SFT phase of `sft_steps` steps (sft.learning_rate, sft.batch_size) between
     consecutive RL phases, all in one trainer: optimizer state and step counter carry over."""
 
-    rl_phases: list[int] = field(default_factory=lambda: [3, 3, 4])
+    rl_phases: list[int] = field(default_factory=lambda: [2, 3, 3])
     sft_steps: int = 5
 
 
@@ -255,7 +255,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class RLConfig:
-    steps: int = 10
+    steps: int = 8
     prompts_per_step: int = 4
     num_generations: int = 8
     beta: float = 0.0
