@@ -409,9 +409,24 @@ def test_cmd_aggregate_reads_diagnostics_from_config(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"results_dir: {tmp_path / 'results'}\nsweep: {{name: s}}\n"
                    "aggregate: {n_resamples: 100}\ndiagnostics: {window: 3, reward_drop: 0.8, token_shift: 0.5}\n")
+    from toolrl import tracking
+
     exp = tmp_path / "experiment.json"
-    exp.write_text(json.dumps({"tracking_uri": "sqlite:///x.db", "experiment_id": "1", "experiment_name": "t"}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp_id = tracking.init_store(uri, "t", tmp_path / "artifacts", exp)
+    run_ids = {}
+    for info in [sweep / "base" / "warmup.json"] + [p.parent / "run.json" for p in (sweep / "runs").rglob("eval")]:
+        with tracking.RunLogger(uri, exp_id, info.parent.name, {}, {}) as run:
+            run_ids[info.parent] = run.run_id
+        info.write_text(json.dumps({"mlflow_run_id": run.run_id}))
     assert main(["aggregate", "--config", str(cfg), "--experiment", str(exp)]) == 0
+    # Every evaluation reached its run in MLflow, the restoration probe included.
+    client = tracking.MlflowClient(uri)
+    for run_dir, run_id in run_ids.items():
+        metrics = client.get_run(run_id).data.metrics
+        want = json.loads((run_dir / "eval" / "id.json").read_text())["success_rate"]
+        assert metrics["id/success"] == want and "content_ood/success" in metrics
+        assert "id/restored_success" in metrics
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["diagnostics"] == {"window": 3, "reward_drop": 0.8, "token_shift": 0.5}
     sft = next(g for g in summary["groups"] if g["name"] == "sft/rl/lr=1e-4")["collapse"]

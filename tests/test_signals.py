@@ -178,3 +178,64 @@ def test_interleaved_runs_sft_phases_in_one_trainer(splits, tokenizer, model):
     assert all(r["sft_loss"] > 0 for r in rows[1:3])
     state = trainer.optimizer.state[next(iter(trainer.model.parameters()))]
     assert int(state["step"]) == 4  # one optimizer: Adam's state saw every step of every phase
+
+
+def test_ctrl_penalty_enters_the_training_loss(splits, tokenizer, model):
+    """As for the synchronous term: GRPO alone cannot move a never-succeeding model, so moved
+    weights and a logged penalty show the ctrl term is in the loss."""
+    cfg = Config()
+    cfg.rl = RLConfig(steps=1, prompts_per_step=2, num_generations=2)
+    cfg.rollout = ROLL
+    cfg.signals.ctrl.threshold = 1e-5  # a random model puts ~1/700 on each control token
+    cfg.signals.ctrl.batch_size = 2
+    before = [p.detach().clone() for p in model.parameters()]
+    rows: list[dict] = []
+    grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, "ctrl", "rl", 1e-3, 0, rows.append, [])
+    assert rows[0]["ctrl_penalty"] > 0 and rows[0]["success"] == 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypatch):
+    cfg = Config()
+    cfg.signals.ctrl.mode = "clamp"
+    seen = []
+    real = rollout.run
+
+    def spy(*args, **kw):
+        seen.append(kw.get("forbid"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rollout, "run", spy)
+    tasks = splits["rl"][:2]
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=2),
+                                   grpo.signal_setup(cfg, "ctrl", tokenizer), seed=0)
+    _call(source, model, _group_prompts(tasks, 2))
+    assert seen and all(f is not None for f in seen)
+
+
+def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, model):
+    """A model forced into full collapse (every message an immediate <|im_end|>) writes content
+    again under the probe, and only the configured splits get the probe."""
+    from toolrl import evaluate
+    from toolrl.diagnostics import ForbidPatterns, forbid_rules
+
+    head = model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight.data.copy_(head.weight.data)
+    biased.bias.data.zero_()
+    biased.bias.data[tokenizer.convert_tokens_to_ids("<|im_end|>")] = 50.0
+    model.lm_head = biased
+    cfg = Config()
+    cfg.rollout = ROLL
+    tasks = splits["id"][:4]
+    forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
+    plain = rollout.run(model, tokenizer, tasks, FMT, ROLL, sample=False)
+    probed = rollout.run(model, tokenizer, tasks, FMT, ROLL, sample=False, forbid=forbid)
+
+    def said(rs):
+        return [m["content"] for r in rs for m in r.messages if m["role"] == "assistant"]
+
+    assert set(said(plain)) == {""}  # every message an immediate <|im_end|>
+    assert said(probed) and "" not in said(probed)  # the probe rules the empty message out
+    with_probe = evaluate.run_split(model, tokenizer, cfg, "id", tasks)
+    assert with_probe["restored"]["n"] == 4 and "restored" not in evaluate.run_split(model, tokenizer, cfg, "format_ood", tasks)

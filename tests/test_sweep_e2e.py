@@ -41,16 +41,29 @@ def sweep(tmp_path_factory):
 def test_table_has_every_cell_with_finite_intervals(sweep):
     d, _ = sweep
     md = (d / "tables" / "main.md").read_text()
-    for group in ("base", "none/rl/lr=1e-4", "sft/sequential/lr=1e-4"):
+    for group in ("base", "none/rl/lr=1e-3", "ops/rl/lr=1e-3"):
         assert f"| {group} " in md
+    assert "id restored" in md and "collapsed" in md
     rows = list(csv.DictReader((d / "tables" / "main.csv").open()))
     assert {(r["group"], r["split"]) for r in rows} >= {
-        (g, s) for g in ("none/rl/lr=1e-4", "sft/sequential/lr=1e-4") for s in ("id", "format_ood", "content_ood")
+        (g, s) for g in ("none/rl/lr=1e-3", "ops/rl/lr=1e-3") for s in ("id", "format_ood", "content_ood")
     }
     for r in rows:
         assert math.isfinite(float(r["ci_low"])) and math.isfinite(float(r["ci_high"]))
         assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
     assert (d / "plots" / "success.png").stat().st_size > 1000
+    assert (d / "plots" / "curves.png").stat().st_size > 1000
+
+
+def test_train_logs_carry_the_diagnostics(sweep):
+    d, _ = sweep
+    log = next((d / "runs").glob("signal=ops/**/train_log.jsonl")).read_text().splitlines()
+    rows = [json.loads(line) for line in log]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["phase"] == "rl" for r in rows)
+    for key in ("success", "success/with_supervised", "p_tool_call/first", "p_content/first", "state/healthy_call"):
+        assert all(key in r for r in rows), key
+    # OPS: one expert rollout per group of 4 always succeeds.
+    assert all(r["success/with_supervised"] >= 0.25 for r in rows)
 
 
 def test_every_cell_was_evaluated_three_ways(sweep):

@@ -229,10 +229,13 @@ class ToolGRPOTrainer(GRPOTrainer):
         self._phase = -1
         self._examples: list[list[Message]] = []
 
-    def _expert_batch(self, n: int, examples: list[list[Message]] | None = None) -> dict[str, torch.Tensor]:
-        assert self.pool is not None
-        batch = encode_examples(self.processing_class, examples or self.pool.sample(n))
+    def _batch(self, examples: list[list[Message]]) -> dict[str, torch.Tensor]:
+        batch = encode_examples(self.processing_class, examples)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _expert_batch(self, n: int) -> dict[str, torch.Tensor]:
+        assert self.pool is not None
+        return self._batch(self.pool.sample(n))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -264,7 +267,7 @@ class ToolGRPOTrainer(GRPOTrainer):
         if not self._examples:  # nothing failed: the phase leaves the model as it is
             return torch.zeros((), device=self.accelerator.device)
         start = (self.state.global_step - sum(n for _, n in self.plan.phases[:index])) * self.sft_batch
-        b = self._expert_batch(0, self._examples[start : start + self.sft_batch])
+        b = self._batch(self._examples[start : start + self.sft_batch])
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
         loss = weighted_nll(logits, b["labels"], self.value_ids, self.value_weight)
         self.accelerator.backward(loss)
@@ -273,6 +276,7 @@ class ToolGRPOTrainer(GRPOTrainer):
         for g in self.optimizer.param_groups:
             g["lr"] = self.sft_lr
         self.extra["sft_loss"] = loss.item()
+        self.extra["sft/learning_rate"] = self.sft_lr
         return loss.detach()
 
 

@@ -3,8 +3,6 @@ rule evaluate:
     input:
         data=rules.prepare.output,
         model=rules.train.output.model,
-        run=rules.train.output.run,
-        experiment=rules.mlflow_init.output,
     output:
         f"{SWEEP}/runs/{CELL}/eval/{{split}}.json",
     params:
@@ -20,7 +18,7 @@ rule evaluate:
         "../../envs/toolrl.yaml"
     shell:
         "python -m toolrl evaluate --config {params.config} --data {params.data} --model {input.model}"
-        " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
+        " --split {wildcards.split} --out {output}"
         " --signal {wildcards.signal} --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed}"
         " --threads {threads} 2> {log}"
 
@@ -30,8 +28,6 @@ rule evaluate_base:
     input:
         data=rules.prepare.output,
         model=rules.warmup.output.model,
-        run=rules.warmup.output.report,
-        experiment=rules.mlflow_init.output,
     output:
         f"{SWEEP}/base/eval/{{split}}.json",
     params:
@@ -47,5 +43,5 @@ rule evaluate_base:
         "../../envs/toolrl.yaml"
     shell:
         "python -m toolrl evaluate --config {params.config} --data {params.data} --model {input.model}"
-        " --run-info {input.run} --experiment {input.experiment} --split {wildcards.split} --out {output}"
+        " --split {wildcards.split} --out {output}"
         " --threads {threads} 2> {log}"
