@@ -50,6 +50,15 @@ def test_ops_puts_the_expert_trajectory_in_the_loss_batch(splits, tokenizer, mod
     assert source.last["success/with_supervised"] == pytest.approx(sum(out["success"]) / 12)
 
 
+def test_ops_refuses_an_expert_trajectory_cut_by_the_budget(splits, tokenizer, model):
+    """A truncated expert trajectory scores 0 and would be pushed down: stop instead."""
+    tasks = splits["rl"][:1]
+    tight = RolloutConfig(max_new_tokens=12, max_total_tokens=60, max_messages=8)
+    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, tight, RLConfig(num_generations=2), grpo.SignalSetup(ops_k=1), 0)
+    with pytest.raises(ValueError, match="rollout.max_total_tokens"):
+        _call(source, model, _group_prompts(tasks, 2))
+
+
 def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer, model, monkeypatch):
     tasks = splits["rl"][:2]
     seen: list[dict] = []

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolrl.config import SPLITS, Cell, Config, ConfigError, config_hash, load, to_dict
+from toolrl.config import SPLITS, Cell, Config, ConfigError, cell_sections, config_hash, grid, load, to_dict
 from toolrl.io import read_json, write_json, write_jsonl
 
 log = logging.getLogger("toolrl")
@@ -83,8 +83,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", rows.append)
-    params = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme, "lr": cell.lr,
-              "seed": cell.seed, "rl": to_dict(cfg)["rl"], "sft": to_dict(cfg)["sft"]}
+    params: dict[str, Any] = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme,
+                              "lr": cell.lr, "seed": cell.seed}
+    everything = to_dict(cfg)
+    for section in cell_sections(cell.signal, cell.scheme):  # what this job read, flattened by MLflow
+        node = everything
+        for key in section.split("."):
+            node = node[key]
+        params[section] = node
     tags = {"stage": "train", "cell": cell.path, "signal": cell.signal, "scheme": cell.scheme,
             "lr": str(cell.lr), "seed": str(cell.seed)}
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params) as run:
@@ -135,7 +141,7 @@ def _log_evaluations(cfg: Config, experiment: Path) -> None:
     sqlite writes, and the numbers reach MLflow with the table they belong to."""
     sweep = cfg.sweep_dir
     runs = [(sweep / "base", sweep / "base" / "warmup.json")] + [
-        (info.parent, info) for info in sorted((sweep / "runs").rglob("run.json"))]
+        (sweep / "runs" / c.path, sweep / "runs" / c.path / "run.json") for c in grid(cfg)]
     for run_dir, info in runs:
         metrics: dict[str, float] = {}
         for split in SPLITS:

@@ -368,10 +368,13 @@ def validate(cfg: Config) -> None:
         _check(len(values) > 0, key, "must not be empty")
         for v in values:
             _check(v in allowed, key, f"unknown value '{v}' (choose from {', '.join(allowed)})")
+    supported = _default_pairs()
     for sig, schemes in sw.pairs.items():
         _check(sig in SIGNALS, "sweep.pairs", f"unknown signal '{sig}' (choose from {', '.join(SIGNALS)})")
         for sch in schemes:
             _check(sch in SCHEMES, f"sweep.pairs.{sig}", f"unknown scheme '{sch}' (choose from {', '.join(SCHEMES)})")
+            _check(sch in supported[sig], f"sweep.pairs.{sig}",
+                   f"'{sig}' × '{sch}' means nothing here ('{sig}' pairs with {', '.join(supported[sig])})")
     _check(len(sw.learning_rates) > 0, "sweep.learning_rates", "must not be empty")
     for lr in sw.learning_rates:
         _check(lr > 0, "sweep.learning_rates", f"learning rate {lr} must be > 0")
@@ -455,6 +458,11 @@ def _validate_signals(cfg: Config) -> None:
         _check(sum(il.rl_phases) == cfg.rl.steps, "schemes.interleaved.rl_phases",
                f"must sum to rl.steps ({cfg.rl.steps}) so every scheme gets the same RL budget, "
                f"got {sum(il.rl_phases)}")
+        _check(len(il.rl_phases) >= 2, "schemes.interleaved.rl_phases",
+               "needs at least two RL phases (SFT phases go between them)")
+    _check(sig.ctrl.coef >= 0, "signals.ctrl.coef", "must be >= 0")
+    _check(cfg.world.n_rl_tasks >= cfg.rl.prompts_per_step, "world.n_rl_tasks",
+           f"must be at least rl.prompts_per_step ({cfg.rl.prompts_per_step})")
     _check(il.sft_steps > 0, "schemes.interleaved.sft_steps", "must be > 0")
     _check(diag.window > 0, "diagnostics.window", "must be > 0")
     _check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")

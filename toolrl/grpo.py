@@ -122,6 +122,9 @@ class MultiTurnRollout:
         for i, e in enumerate(expert):
             if e:
                 rs[i] = rollout.replay(self.tokenizer, self.tasks[prompts[i]], self.fmt, self.cfg)
+                if not rs[i].success:  # truncated: GRPO would push the ground truth down
+                    raise ValueError(f"the expert trajectory of task {prompts[i]} does not fit the rollout budget; "
+                                     "raise config keys rollout.max_total_tokens / rollout.max_messages")
         self.rl_steps += 1
         self._record(prompts, rs)
         policy = [r for r in rs if r.kind == "policy"]
@@ -192,6 +195,8 @@ class SFTPhaseData:
         if self.signal == "sft":
             self.selected = []
             return self.pool.sample(self.need)
+        if self.signal not in ("ets", "prs"):
+            raise ValueError(f"signal '{self.signal}' has no interleaved SFT data (sft, ets, prs do)")
         chosen = self.source.failures.select(self.source.rl_steps, self.window, self.rule)
         self.selected = sorted(chosen)
         examples = [self.pool.messages(self.source.tasks[t]) for t in self.selected]
@@ -200,6 +205,7 @@ class SFTPhaseData:
                          for t, g in sorted(chosen.items()) if g.failed_messages]
         if not examples:
             return []
+        self.rng.shuffle(examples)  # before the cut, so a surplus drops no task or kind first
         order = [examples[i % len(examples)] for i in range(self.need)]
         self.rng.shuffle(order)
         return order
@@ -261,7 +267,8 @@ class ToolGRPOTrainer(GRPOTrainer):
         assert self.sft_data is not None
         if index != self._phase:
             self._phase, self._examples = index, self.sft_data.build()
-            self.extra["sft/selected_tasks"] = float(len(self.sft_data.selected))
+            if self.sft_data.signal != "sft":
+                self.extra["sft/selected_tasks"] = float(len(self.sft_data.selected))
         self.extra["sft/examples"] = float(len(self._examples))
         model.train()
         if not self._examples:  # nothing failed: the phase leaves the model as it is
@@ -276,7 +283,7 @@ class ToolGRPOTrainer(GRPOTrainer):
         for g in self.optimizer.param_groups:
             g["lr"] = self.sft_lr
         self.extra["sft_loss"] = loss.item()
-        self.extra["sft/learning_rate"] = self.sft_lr
+        self.extra["learning_rate"] = self.sft_lr  # Trainer logs the scheduler's (RL) rate
         return loss.detach()
 
 
