@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolrl.config import SPLITS, Cell, Config, ConfigError, cell_sections, config_hash, grid, load, to_dict
+from toolrl.config import SPLITS, Cell, Config, ConfigError, cell_sections, config_hash, grid, load, sections
 from toolrl.io import read_json, write_json, write_jsonl
 
 log = logging.getLogger("toolrl")
@@ -58,8 +58,7 @@ def cmd_warmup(args: argparse.Namespace) -> None:
     out = Path(args.out)
     report = warmup.run(cfg, Path(args.data), out)
     with _tracker(cfg, Path(args.experiment), "warmup", {"stage": "warmup"},
-                  {"config_hash": config_hash(cfg), "warmup": to_dict(cfg)["warmup"],
-                   "model": to_dict(cfg)["model"]}) as run:
+                  {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")}) as run:
         for point in report["loss"]:
             run.log_metrics({"warmup/loss": point["loss"]}, step=point["step"])
         for point in report["curve"]:
@@ -83,14 +82,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", rows.append)
-    params: dict[str, Any] = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme,
-                              "lr": cell.lr, "seed": cell.seed}
-    everything = to_dict(cfg)
-    for section in cell_sections(cell.signal, cell.scheme):  # what this job read, flattened by MLflow
-        node = everything
-        for key in section.split("."):
-            node = node[key]
-        params[section] = node
+    # The config sections this job read, flattened by MLflow.
+    params = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme, "lr": cell.lr,
+              "seed": cell.seed, **sections(cfg, *cell_sections(cell.signal, cell.scheme))}
     tags = {"stage": "train", "cell": cell.path, "signal": cell.signal, "scheme": cell.scheme,
             "lr": str(cell.lr), "seed": str(cell.seed)}
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params) as run:

@@ -525,19 +525,23 @@ def config_hash(cfg: Config) -> str:
     return section_hash(cfg, *to_dict(cfg))
 
 
-def section_hash(cfg: Config, *sections: str) -> str:
-    """A hash of some config sections (dotted paths reach inside one), for Snakemake `params`: a
-    job reruns when a section it reads changes, and only then (a changed plot setting does not
-    retrain anything)."""
+def sections(cfg: Config, *paths: str) -> dict[str, Any]:
+    """Config sections by dotted path (`signals.ops`), as plain data."""
     d = to_dict(cfg)
-
-    def pick(path: str) -> Any:
+    out: dict[str, Any] = {}
+    for path in paths:
         node: Any = d
         for key in path.split("."):
             node = node[key]
-        return node
+        out[path] = node
+    return out
 
-    blob = json.dumps({s: pick(s) for s in sections}, sort_keys=True).encode()
+
+def section_hash(cfg: Config, *paths: str) -> str:
+    """A hash of some config sections (dotted paths reach inside one), for Snakemake `params`: a
+    job reruns when a section it reads changes, and only then (a changed plot setting does not
+    retrain anything)."""
+    blob = json.dumps(sections(cfg, *paths), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -572,5 +576,5 @@ def parse_cell(signal: str, scheme: str, lr: str, seed: str) -> Cell:
 
 __all__ = [
     "Cell", "CellFilter", "Config", "ConfigError", "ForbidRule", "JudgeConfig", "SIGNALS", "SCHEMES", "SPLITS",
-    "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "to_dict", "validate",
+    "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "sections", "to_dict", "validate",
 ]

@@ -165,11 +165,11 @@ class Plan:
             self.phases.append(("rl", n))
         self.total = sum(n for _, n in self.phases)
 
-    def phase(self, step: int) -> tuple[str, int]:
-        """(kind, index of the phase) of the 0-based global `step`."""
+    def phase(self, step: int) -> tuple[str, int, int]:
+        """(kind, index of the phase, step within the phase) of the 0-based global `step`."""
         for i, (kind, n) in enumerate(self.phases):
             if step < n:
-                return kind, i
+                return kind, i, step
             step -= n
         raise IndexError("step beyond the plan")
 
@@ -235,33 +235,30 @@ class ToolGRPOTrainer(GRPOTrainer):
         self._phase = -1
         self._examples: list[list[Message]] = []
 
-    def _batch(self, examples: list[list[Message]]) -> dict[str, torch.Tensor]:
-        batch = encode_examples(self.processing_class, examples)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
-
-    def _expert_batch(self, n: int) -> dict[str, torch.Tensor]:
-        assert self.pool is not None
-        return self._batch(self.pool.sample(n))
+    def _forward(self, model: torch.nn.Module, examples: list[list[Message]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of chat examples, labels -100 outside the assistant messages."""
+        b = {k: v.to(self.accelerator.device) for k, v in encode_examples(self.processing_class, examples).items()}
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        return logits, b["labels"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.sync_weight > 0:
-            b = self._expert_batch(self.sync_batch)
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-            sft = weighted_nll(logits, b["labels"], self.value_ids, self.value_weight)
+            assert self.pool is not None
+            sft = weighted_nll(*self._forward(model, self.pool.sample(self.sync_batch)), self.value_ids,
+                               self.value_weight)
             loss = loss + self.sync_weight * sft
             self.extra["sync_sft_loss"] = sft.item()
         if self.penalty is not None:
+            assert self.pool is not None
             coef, threshold, n = self.penalty
-            b = self._expert_batch(n)
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-            pen = control_penalty(logits, b["labels"], self.control_ids, threshold)
+            pen = control_penalty(*self._forward(model, self.pool.sample(n)), self.control_ids, threshold)
             loss = loss + coef * pen
             self.extra["ctrl_penalty"] = pen.item()
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[override]
-        kind, index = self.plan.phase(self.state.global_step)
+        kind, index, within = self.plan.phase(self.state.global_step)
         if kind == "rl":
             return super().training_step(model, inputs, num_items_in_batch)
         assert self.sft_data is not None
@@ -273,10 +270,8 @@ class ToolGRPOTrainer(GRPOTrainer):
         model.train()
         if not self._examples:  # nothing failed: the phase leaves the model as it is
             return torch.zeros((), device=self.accelerator.device)
-        start = (self.state.global_step - sum(n for _, n in self.plan.phases[:index])) * self.sft_batch
-        b = self._batch(self._examples[start : start + self.sft_batch])
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-        loss = weighted_nll(logits, b["labels"], self.value_ids, self.value_weight)
+        batch = self._examples[within * self.sft_batch : (within + 1) * self.sft_batch]
+        loss = weighted_nll(*self._forward(model, batch), self.value_ids, self.value_weight)
         self.accelerator.backward(loss)
         # The scheduler resets the rate after this step's optimizer.step(): the SFT rate holds
         # for SFT steps only, with the same Adam moments.
@@ -300,7 +295,7 @@ class StepLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
         if not logs or "train_runtime" in logs:
             return
-        kind, _ = self.plan.phase(state.global_step - 1)
+        kind, _, _ = self.plan.phase(state.global_step - 1)
         record: dict[str, Any] = {"phase": kind, "step": state.global_step}
         record.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
         if kind == "rl":

@@ -9,7 +9,6 @@ checkpoint's layout is followed exactly, and no example is ever a Python repr of
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -126,9 +125,3 @@ class FailureLog:
             if failed:
                 chosen[g.task_id] = g
         return chosen
-
-    def counts(self) -> dict[int, int]:
-        per_step: dict[int, int] = defaultdict(int)
-        for g in self.groups:
-            per_step[g.rl_step] += 1
-        return dict(per_step)
