@@ -268,6 +268,12 @@ class RolloutConfig:
     max_messages: int = 30
     max_new_tokens: int = 64
     max_total_tokens: int = 900
+    # Tool-calling messages per user turn before the episode is cut off.
+    max_rounds_per_turn: int = 4
+    # An empty-ground-truth turn passes only if the model called nothing. false: such turns always
+    # pass, as in the authors' reward (and BFCL's official checker, which never calls its
+    # irrelevance check).
+    irrelevance_check: bool = True
 
 
 @dataclass
@@ -416,6 +422,7 @@ def validate(cfg: Config) -> None:
         ("rl.prompts_per_step", cfg.rl.prompts_per_step),
         ("rollout.max_messages", cfg.rollout.max_messages),
         ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("rollout.max_rounds_per_turn", cfg.rollout.max_rounds_per_turn),
         ("aggregate.n_resamples", cfg.aggregate.n_resamples),
         ("resources.threads", cfg.resources.threads),
         ("resources.warmup_threads", cfg.resources.warmup_threads),

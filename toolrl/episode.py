@@ -13,7 +13,7 @@ from typing import Any
 
 from toolrl.diagnostics import output_state
 from toolrl.envs.base import Call, Task
-from toolrl.envs.synthetic import make_env
+from toolrl.envs import make_env
 from toolrl.formats import Format
 
 Message = dict[str, str]
@@ -24,17 +24,22 @@ class Episode:
 
     A turn is checked as BFCL's multi-turn checker does (and as DESIGN.md specifies): the
     environment state after the model's calls equals the state after the ground-truth calls, and
-    every ground-truth result is among the model's results of that turn. A turn whose ground truth
-    is empty (an ask-back turn) passes only if the model called nothing: the irrelevance check
-    that the authors' reward leaves out.
+    every ground-truth result is among the model's results of that turn (of all turns so far,
+    where the environment says so, as BFCL's check is). A turn whose ground truth is empty (an
+    ask-back turn) passes only if the model called nothing: the irrelevance check that the
+    authors' reward leaves out (`irrelevance_check=False` restores their looser reward). A turn
+    with an `expected_state` (ACEBench) passes when the environment's state has those values.
     """
 
-    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4):
+    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4, irrelevance_check: bool = True):
         self.task = task
         self.fmt = fmt
         self.max_rounds_per_turn = max_rounds_per_turn
+        self.irrelevance_check = irrelevance_check
         self.env = make_env(task)
         self._gt_env = make_env(task)
+        self.env.begin_turn(0)
+        self._gt_env.begin_turn(0)
         self.turn = 0
         self.turn_ok: list[bool] = []
         self.format_errors = 0
@@ -45,6 +50,7 @@ class Episode:
         self.truncated = False
         self._calls: list[Call] = []
         self._results: list[str] = []
+        self._earlier_results: list[str] = []
         self._rounds = 0
 
     def initial_messages(self) -> list[Message]:
@@ -68,6 +74,8 @@ class Episode:
             if self.turn == len(self.task.turns):
                 self.done = True
                 return []
+            self.env.begin_turn(self.turn)
+            self._gt_env.begin_turn(self.turn)
             return [{"role": "user", "content": self.task.turns[self.turn].question}]
         self._rounds += 1
         if parsed.error is not None:
@@ -89,18 +97,23 @@ class Episode:
         self.truncated = True
 
     def _close_turn(self) -> None:
-        gt = self.task.turns[self.turn].calls
+        turn = self.task.turns[self.turn]
+        gt = turn.calls
         gt_results = [self._gt_env.execute(c) for c in gt]
-        if not gt:
-            ok = not self._calls
+        results = self._earlier_results + self._results if self.env.cumulative_responses else self._results
+        if turn.expected_state is not None:
+            ok = state_matches(self.env.state(), turn.expected_state)
+        elif not gt:
+            ok = not self._calls or not self.irrelevance_check
         else:
             ok = (
                 bool(self._calls)
                 and self.env.state() == self._gt_env.state()
-                and not (Counter(gt_results) - Counter(self._results))
+                and not (Counter(gt_results) - Counter(results))
             )
         self.turn_ok.append(ok)
         self.turn += 1
+        self._earlier_results += self._results
         self._calls, self._results, self._rounds = [], [], 0
 
     @property
@@ -121,10 +134,22 @@ class Episode:
         }
 
 
+def state_matches(state: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Every value `expected` names equals the state's (nested one level: class → attribute)."""
+    return all(
+        isinstance(state.get(k), dict) and all(state[k].get(a, _MISSING) == v for a, v in want.items())
+        if isinstance(want, dict) else state.get(k, _MISSING) == want
+        for k, want in expected.items()
+    )
+
+
+_MISSING = object()
+
+
 def expert_messages(task: Task, fmt: Format) -> list[Message]:
     """The ground-truth trajectory as chat messages, produced by running it through an Episode
     (so every expert trajectory is checked to succeed, and its tool results are real)."""
-    ep = Episode(task, fmt)
+    ep = Episode(task, fmt, max_rounds_per_turn=max([4] + [len(t.rounds) for t in task.turns]))
     messages = ep.initial_messages()
     for turn in task.turns:
         for rnd in turn.rounds:

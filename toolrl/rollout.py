@@ -42,6 +42,10 @@ class Rollout:
         return self.episode.success
 
 
+def new_episode(task: Task, fmt: Format, cfg: RolloutConfig) -> Episode:
+    return Episode(task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check)
+
+
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -89,7 +93,7 @@ def run(
     `hints[i]`, when set, is appended to task i's system prompt for sampling only (HBG); the
     returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating."""
     rollouts = []
-    for i, ep in enumerate(Episode(t, fmt) for t in tasks):
+    for i, ep in enumerate(new_episode(t, fmt, cfg) for t in tasks):
         messages = ep.initial_messages()
         r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages)
         if hints is not None and hints[i]:
@@ -118,7 +122,7 @@ def replay(tokenizer: PreTrainedTokenizerBase, task: Task, fmt: Format, cfg: Rol
     """The expert trajectory as a rollout (OPS): the ground-truth messages are fed through the same
     episode and token bookkeeping as sampled ones, so the checker scores them with the same
     reward and the mask covers exactly the expert's assistant tokens."""
-    ep = Episode(task, fmt)
+    ep = new_episode(task, fmt, cfg)
     messages = ep.initial_messages()
     r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages, kind="expert")
     eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)

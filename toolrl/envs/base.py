@@ -29,6 +29,9 @@ class Turn:
     question: str
     rounds: list[list[Call]]
     reply: str = "Done."
+    # Set where a benchmark scores a turn by its end state instead of by ground-truth calls
+    # (ACEBench): {class name: {attribute: value}}, compared on the attributes given.
+    expected_state: dict[str, Any] | None = None
 
     @property
     def calls(self) -> list[Call]:
@@ -42,6 +45,8 @@ class Task:
     init: dict[str, Any]
     turns: list[Turn]
     features: list[str] = field(default_factory=list)
+    # Which environment runs the task: synthetic, bfcl or acebench (see toolrl.envs.make_env).
+    backend: str = "synthetic"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,17 +54,30 @@ class Task:
     @staticmethod
     def from_json(d: dict[str, Any]) -> "Task":
         turns = [
-            Turn(t["question"], [[Call(c["name"], c["arguments"]) for c in r] for r in t["rounds"]], t["reply"])
+            Turn(t["question"], [[Call(c["name"], c["arguments"]) for c in r] for r in t["rounds"]], t["reply"],
+                 t.get("expected_state"))
             for t in d["turns"]
         ]
-        return Task(d["id"], d["domain"], d["init"], turns, list(d.get("features", [])))
+        return Task(d["id"], d["domain"], d["init"], turns, list(d.get("features", [])),
+                    d.get("backend", "synthetic"))
 
 
 class ToolEnv(Protocol):
-    """A fresh instance per episode; `execute` dispatches only to declared tools."""
+    """A fresh instance per episode; `execute` dispatches only to declared tools.
 
-    def schemas(self) -> list[dict[str, Any]]: ...
+    `cumulative_responses`: a turn's ground-truth results must be among the model's results of
+    *all* turns so far (BFCL's response check) rather than of this turn only."""
+
+    cumulative_responses: bool
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The tools the model may call now (a withheld tool appears once revealed)."""
+        ...
 
     def execute(self, call: Call) -> str: ...
 
     def state(self) -> dict[str, Any]: ...
+
+    def begin_turn(self, index: int) -> None:
+        """User turn `index` opens: BFCL's miss_func reveals its withheld tools here."""
+        ...

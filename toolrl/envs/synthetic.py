@@ -48,6 +48,7 @@ class Domain:
 
     name = ""
     SCHEMAS: list[dict[str, Any]] = []
+    cumulative_responses = False
 
     def __init__(self, init: dict[str, Any]):
         self._init = copy.deepcopy(init)
@@ -69,6 +70,9 @@ class Domain:
 
     def state(self) -> dict[str, Any]:
         return {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
+
+    def begin_turn(self, index: int) -> None:
+        """Every tool is visible from the start in this world."""
 
 
 def check_arguments(schema: dict[str, Any], args: Any) -> str | None:
