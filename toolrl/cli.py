@@ -65,8 +65,9 @@ def cmd_warmup(args: argparse.Namespace) -> None:
             run.log_metrics({"warmup/id_success": point["id_success"]}, step=point["step"])
         report["mlflow_run_id"] = run.run_id
     write_json(out / "warmup.json", report)
-    log.info("warm-up: %d steps in %.0f s; id success %.1f%%", report["steps"], report["train_seconds"],
-             100 * report["curve"][-1]["id_success"])
+    if report["curve"]:
+        log.info("warm-up: %d steps in %.0f s; id success %.1f%%", report["steps"], report["train_seconds"],
+                 100 * report["curve"][-1]["id_success"])
 
 
 def _cell(args: argparse.Namespace) -> Cell:

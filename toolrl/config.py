@@ -69,6 +69,40 @@ class SweepConfig:
     baseline: CellFilter = field(default_factory=lambda: CellFilter(signal="none", scheme="rl"))
 
 
+BFCL_CATEGORIES = ("base", "miss_param", "miss_func", "long_context")
+BFCL_CLASSES = ("GorillaFileSystem", "MathAPI", "MessageAPI", "TwitterAPI", "TicketAPI", "TradingBot", "TravelAPI",
+                "VehicleControlAPI")
+
+
+@dataclass
+class ACEBenchConfig:
+    """Content-OOD tasks from a user-supplied ACEBench checkout (`path`, the folder that holds
+    data_all/ and model_inference/). multi_turn tasks need a simulated user: `user` is an LLM
+    (kind hf or openai, as a PRS judge); without one they are skipped with a message."""
+
+    path: Optional[str] = None
+    categories: list[str] = field(default_factory=lambda: ["multi_step", "multi_turn"])
+    user: Optional["JudgeConfig"] = None
+
+
+@dataclass
+class BFCLConfig:
+    """The BFCL multi-turn benchmark from the installed `bfcl-eval` package. The split is the
+    paper's: indices 0..199 shuffled with `random.Random(split_seed)`, the first half train and the
+    second half test, the same indices in every category; `n_train`/`n_test` keep the first n of
+    each half per category (100 and 100 reproduce the paper; fewer make quick runs). content_ood is
+    ACEBench when `acebench.path` is set; otherwise the test tasks that involve a
+    `held_out_classes` API class (tasks with such a class then leave the train and id splits)."""
+
+    train_categories: list[str] = field(default_factory=lambda: ["base", "miss_param", "miss_func"])
+    test_categories: list[str] = field(default_factory=lambda: list(BFCL_CATEGORIES))
+    split_seed: int = 42
+    n_train: int = 100
+    n_test: int = 100
+    held_out_classes: list[str] = field(default_factory=list)
+    acebench: ACEBenchConfig = field(default_factory=ACEBenchConfig)
+
+
 @dataclass
 class WorldConfig:
     backend: str = "synthetic"
@@ -88,6 +122,7 @@ class WorldConfig:
     # request that lacks a parameter, where the right move is to ask back and call nothing.
     chain_prob: float = 0.1
     ask_back_prob: float = 0.1
+    bfcl: BFCLConfig = field(default_factory=BFCLConfig)
 
 
 @dataclass
@@ -397,7 +432,9 @@ def validate(cfg: Config) -> None:
     )
     _validate_signals(cfg)
     w = cfg.world
-    _check(w.backend == "synthetic", "world.backend", f"unknown backend '{w.backend}' (choose from synthetic)")
+    _check(w.backend in ("synthetic", "bfcl"), "world.backend", f"unknown backend '{w.backend}' (choose from synthetic, bfcl)")
+    if w.backend == "bfcl":
+        _validate_bfcl(cfg)
     _check(w.train_format in FORMATS, "world.train_format", f"unknown format '{w.train_format}'")
     _check(w.ood_format in FORMATS, "world.ood_format", f"unknown format '{w.ood_format}'")
     _check(w.ood_format != w.train_format, "world.ood_format", "must differ from world.train_format")
@@ -415,7 +452,6 @@ def validate(cfg: Config) -> None:
     for key, val in (
         ("world.n_eval_tasks", w.n_eval_tasks),
         ("world.n_rl_tasks", w.n_rl_tasks),
-        ("warmup.steps", cfg.warmup.steps),
         ("warmup.batch_size", cfg.warmup.batch_size),
         ("sft.steps", cfg.sft.steps),
         ("rl.steps", cfg.rl.steps),
@@ -428,6 +464,8 @@ def validate(cfg: Config) -> None:
         ("resources.warmup_threads", cfg.resources.warmup_threads),
     ):
         _check(val > 0, key, f"must be > 0, got {val}")
+    _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
+           f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
     _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
         _check(lr > 0, key, f"learning rate {lr} must be > 0")
@@ -438,6 +476,32 @@ def validate(cfg: Config) -> None:
         p = Path(cfg.model.name_or_path)
         looks_local = cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()
         _check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
+
+
+def _validate_bfcl(cfg: Config) -> None:
+    b = cfg.world.bfcl
+    _check(cfg.world.prompt_style == "full", "world.prompt_style",
+           "the bfcl backend shows the function docs as they are: set it to full")
+    for key, cats in (("world.bfcl.train_categories", b.train_categories), ("world.bfcl.test_categories", b.test_categories)):
+        _check(len(cats) > 0, key, "must not be empty")
+        for c in cats:
+            _check(c in BFCL_CATEGORIES, key, f"unknown category '{c}' (choose from {', '.join(BFCL_CATEGORIES)})")
+    for key, n in (("world.bfcl.n_train", b.n_train), ("world.bfcl.n_test", b.n_test)):
+        _check(0 < n <= 100, key, f"must be in [1, 100] (each half of the 200 scenarios), got {n}")
+    for c in b.held_out_classes:
+        _check(c in BFCL_CLASSES, "world.bfcl.held_out_classes", f"unknown API class '{c}' (choose from {', '.join(BFCL_CLASSES)})")
+    a = b.acebench
+    _check(a.path is not None or bool(b.held_out_classes), "world.bfcl.acebench.path",
+           "content_ood for the bfcl backend needs an ACEBench checkout (world.bfcl.acebench.path) "
+           "or held-out API classes (world.bfcl.held_out_classes)")
+    if a.path is not None:
+        _check(Path(a.path).is_dir(), "world.bfcl.acebench.path", f"folder '{a.path}' does not exist")
+    for c in a.categories:
+        _check(c in ("multi_step", "multi_turn"), "world.bfcl.acebench.categories",
+               f"unknown category '{c}' (choose from multi_step, multi_turn)")
+    if a.user is not None:
+        _check(a.user.kind in ("hf", "openai"), "world.bfcl.acebench.user.kind",
+               f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'")
 
 
 def _validate_signals(cfg: Config) -> None:
@@ -468,8 +532,10 @@ def _validate_signals(cfg: Config) -> None:
         _check(len(il.rl_phases) >= 2, "schemes.interleaved.rl_phases",
                "needs at least two RL phases (SFT phases go between them)")
     _check(sig.ctrl.coef >= 0, "signals.ctrl.coef", "must be >= 0")
-    _check(cfg.world.n_rl_tasks >= cfg.rl.prompts_per_step, "world.n_rl_tasks",
-           f"must be at least rl.prompts_per_step ({cfg.rl.prompts_per_step})")
+    n_rl = (len(cfg.world.bfcl.train_categories) * cfg.world.bfcl.n_train if cfg.world.backend == "bfcl"
+            else cfg.world.n_rl_tasks)
+    _check(n_rl >= cfg.rl.prompts_per_step, "world.bfcl.n_train" if cfg.world.backend == "bfcl" else "world.n_rl_tasks",
+           f"gives {n_rl} RL tasks, fewer than rl.prompts_per_step ({cfg.rl.prompts_per_step})")
     _check(il.sft_steps > 0, "schemes.interleaved.sft_steps", "must be > 0")
     _check(diag.window > 0, "diagnostics.window", "must be > 0")
     _check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")

@@ -1,6 +1,6 @@
 """Task splits and supervised examples, all derived deterministically from the world config.
 
-Splits: `warmup` (all domains: pre-training stands in for what a real model already knows), `rl`
+For the synthetic world (for BFCL see `toolrl.envs.bfcl.make_splits`), splits: `warmup` (all domains: pre-training stands in for what a real model already knows), `rl`
 (training domains only: RL and every supervisory signal see only these), `id` (held-out tasks of
 the training domains) and `content_ood` (held-out tasks of domains RL never sees). An evaluation
 task is held out when no training task has the same user messages.
@@ -40,6 +40,8 @@ def _tasks(cfg: WorldConfig, split: str, domains: list[str], n: int, exclude: se
 
 
 def make_splits(cfg: WorldConfig) -> dict[str, list[Task]]:
+    if cfg.backend == "bfcl":
+        return _bfcl_splits(cfg)
     warmup = _tasks(cfg, "warmup", cfg.train_domains + cfg.ood_domains, cfg.n_warmup_tasks, set())
     rl = _tasks(cfg, "rl", cfg.train_domains, cfg.n_rl_tasks, set())
     seen = {signature(t) for t in warmup + rl}
@@ -49,6 +51,21 @@ def make_splits(cfg: WorldConfig) -> dict[str, list[Task]]:
         "id": _tasks(cfg, "id", cfg.train_domains, cfg.n_eval_tasks, set(seen)),
         "content_ood": _tasks(cfg, "content_ood", cfg.ood_domains, cfg.n_eval_tasks, set(seen)),
     }
+
+
+def _bfcl_splits(cfg: WorldConfig) -> dict[str, list[Task]]:
+    """The paper's BFCL split; the warm-up (SFT before RL, if any) sees the training tasks only,
+    and content_ood is ACEBench where a checkout is given."""
+    from toolrl.envs import bfcl
+
+    b = cfg.bfcl
+    splits = bfcl.make_splits(b.train_categories, b.test_categories, b.split_seed, b.n_train, b.n_test,
+                              b.held_out_classes)
+    if b.acebench.path is not None:
+        from toolrl.envs import acebench
+
+        splits["content_ood"] = acebench.load_tasks(b.acebench)
+    return {"warmup": splits["rl"], **splits}
 
 
 def write_splits(splits: dict[str, list[Task]], data_dir: Path) -> None:

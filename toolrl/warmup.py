@@ -74,6 +74,12 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, 
     def echo() -> list[dict[str, str]]:
         return echo_messages(rng)
 
+    if cfg.warmup.steps == 0:
+        # A pretrained checkpoint used as it is: the base evaluation measures it, no curve needed.
+        model, tokenizer = models.load(cfg.model.name_or_path)
+        models.save(model, tokenizer, out_dir / "model")
+        return {"params": models.n_params(model), "steps": 0, "wall_seconds": 0.0, "train_seconds": 0.0,
+                "curve": [], "loss": []}
     if cfg.model.name_or_path is None:
         corpus = ["\n".join(m["role"] + "\n" + m["content"] for m in trajectory()) for _ in range(5000)]
         corpus += [m["content"] for _ in range(500) for m in echo()]

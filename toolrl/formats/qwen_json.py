@@ -41,7 +41,7 @@ class QwenJson(Format):
         for body in blocks:
             try:
                 obj = json.loads(body)
-            except (json.JSONDecodeError, RecursionError) as e:
+            except (ValueError, RecursionError) as e:  # ValueError: also an integer past Python's digit limit
                 return Parsed(error=f"invalid JSON in tool call: {e.msg if hasattr(e, 'msg') else e}")
             if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(
                 obj.get("arguments", {}), dict
