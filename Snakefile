@@ -13,6 +13,7 @@ from toolrl.config import (
     format_lr,
     from_snakemake,
     grid,
+    is_gguf,
     cell_sections,
     section_hash,
     to_dict,
@@ -41,6 +42,8 @@ if not RESOLVED.exists() or RESOLVED.read_text() != _resolved_text:
     write_text(RESOLVED, _resolved_text)
 
 CELLS = grid(CFG)
+# A GGUF model is converted once (rule convert_model) and the warm-up starts from the result.
+PRETRAINED = [f"{SWEEP}/pretrained"] if is_gguf(CFG.model.name_or_path) else []
 CELL = "signal={signal}/scheme={scheme}/lr={lr}/seed={seed}"
 RUN_DIRS = expand(
     f"{SWEEP}/runs/{CELL}",

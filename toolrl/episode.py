@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from toolrl.diagnostics import output_state
 from toolrl.envs.base import Call, Task
@@ -17,6 +17,19 @@ from toolrl.envs import make_env
 from toolrl.formats import Format
 
 Message = dict[str, str]
+
+
+class User(Protocol):
+    """A simulated user (ACEBench's multi_turn): it opens the conversation, and answers every
+    model message that calls no tool until it is satisfied."""
+
+    def opening(self) -> str:
+        """The first user message (the same text however often it is asked for)."""
+        ...
+
+    def reply(self, message: str) -> str | None:
+        """The next user message, or None when the conversation is finished."""
+        ...
 
 
 class Episode:
@@ -29,10 +42,16 @@ class Episode:
     ask-back turn) passes only if the model called nothing: the irrelevance check that the
     authors' reward leaves out (`irrelevance_check=False` restores their looser reward). A turn
     with an `expected_state` (ACEBench) passes when the environment's state has those values.
+
+    With a `user`, the user messages come from it instead of the turns' questions: a message
+    without a call goes to the user, and the turn closes (and is scored) only when the user has
+    finished. Each new user message gets a fresh `max_rounds_per_turn` budget.
     """
 
-    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4, irrelevance_check: bool = True):
+    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4, irrelevance_check: bool = True,
+                 user: User | None = None):
         self.task = task
+        self.user = user
         self.fmt = fmt
         self.max_rounds_per_turn = max_rounds_per_turn
         self.irrelevance_check = irrelevance_check
@@ -54,9 +73,10 @@ class Episode:
         self._rounds = 0
 
     def initial_messages(self) -> list[Message]:
+        question = self.task.turns[0].question if self.user is None else self.user.opening()
         return [
             {"role": "system", "content": self.fmt.render_tools(self.env.schemas())},
-            {"role": "user", "content": self.task.turns[0].question},
+            {"role": "user", "content": question},
         ]
 
     def step(self, text: str) -> list[Message]:
@@ -70,6 +90,10 @@ class Episode:
         if parsed.error is not None or state == "full_collapse":
             self.voids += 1
         if parsed.is_answer:
+            said = None if self.user is None else self.user.reply(text)
+            if said is not None:
+                self._rounds = 0
+                return [{"role": "user", "content": said}]
             self._close_turn()
             if self.turn == len(self.task.turns):
                 self.done = True

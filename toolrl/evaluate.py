@@ -25,8 +25,8 @@ def split_source(cfg: Config, split: str) -> tuple[str, str]:
 
 
 def run(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format,
-        cfg: RolloutConfig, forbid: ForbidPatterns | None = None) -> dict[str, Any]:
-    rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False, forbid=forbid)
+        cfg: RolloutConfig, forbid: ForbidPatterns | None = None, users: rollout.Users | None = None) -> dict[str, Any]:
+    rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False, forbid=forbid, users=users)
     records = [r.episode.summary() for r in rollouts]
     n = len(records)
     return {
@@ -45,9 +45,14 @@ def run_split(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: C
     from one whose skill is only hidden behind a control-token spike."""
     _, fmt_name = split_source(cfg, split)
     fmt = get_format(fmt_name, cfg.world.prompt_style)
-    result = {"split": split, **run(model, tokenizer, tasks, fmt, cfg.rollout)}
+    users = None
+    if any(t.backend == "acebench" for t in tasks):
+        from toolrl.envs import acebench
+
+        users = acebench.make_user(cfg.world.bfcl.acebench)  # before any episode: a bad key fails here
+    result = {"split": split, **run(model, tokenizer, tasks, fmt, cfg.rollout, users=users)}
     if split in cfg.diagnostics.restore_splits:
         forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
-        restored = run(model, tokenizer, tasks, fmt, cfg.rollout, forbid)
+        restored = run(model, tokenizer, tasks, fmt, cfg.rollout, forbid, users)
         result["restored"] = {k: restored[k] for k in ("success_rate", "format_error_rate", "n")}
     return result

@@ -344,7 +344,7 @@ def train(
             loss_type=rl.loss_type,
             max_completion_length=cfg.rollout.max_total_tokens,
             logging_steps=1,
-            **models.trainer_defaults(seed),
+            **models.trainer_defaults(seed, cfg.model.gradient_checkpointing),
         )
         trainer = ToolGRPOTrainer(
             model=model,

@@ -98,8 +98,11 @@ def _sync_generation_config(model: torch.nn.Module, tokenizer: PreTrainedTokeniz
     gc.bos_token_id = None
 
 
-def load(path: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
-    """Load a checkpoint (local path or hub id) for training or generation on this machine."""
+def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """Load a checkpoint (local path or hub id) for training or generation on this machine.
+
+    `enable_thinking` (Qwen3) is set inside the chat template itself, so the base checkpoint the
+    warm-up saves renders every prompt in that mode without each caller passing the flag."""
     p = Path(path)
     if str(path).startswith((".", "/")) and not (p / "config.json").exists():
         raise FileNotFoundError(f"model checkpoint '{p}' not found (no config.json)")
@@ -109,6 +112,9 @@ def load(path: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load model checkpoint '{path}': {e}") from e
     tokenizer.padding_side = "left"
+    if enable_thinking is not None and tokenizer.chat_template:
+        flag = "true" if enable_thinking else "false"
+        tokenizer.chat_template = f"{{%- set enable_thinking = {flag} %}}" + tokenizer.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _sync_generation_config(model, tokenizer)
@@ -123,15 +129,17 @@ def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, out: Path) 
         tokenizer.save_pretrained(tmp)
 
 
-def trainer_defaults(seed: int) -> dict[str, Any]:
-    """TrainingArguments shared by every SFT and GRPO run. TRL's defaults (bf16, gradient
-    checkpointing) do not run on a CPU; checkpoints are written by the stage, atomically, never by
-    the trainer; every random choice is seeded."""
+def trainer_defaults(seed: int, gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """TrainingArguments shared by every SFT and GRPO run. bf16 only where the GPU has it (TRL's
+    default does not run on a CPU); gradient checkpointing only when the config asks
+    (`model.gradient_checkpointing`: a 1.5B model's 16k-token rollouts need it, the tiny model
+    would only run slower); checkpoints are written by the stage, atomically, never by the
+    trainer; every random choice is seeded."""
     on_gpu = torch.cuda.is_available()
     return {
         "use_cpu": not on_gpu,
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": gradient_checkpointing,
         "save_strategy": "no",
         "report_to": "none",
         "seed": seed,

@@ -10,7 +10,7 @@ kind are a known cause of collapse in other frameworks, so tests check the mask 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from toolrl.config import RolloutConfig
 from toolrl.diagnostics import ControlTokenProbe, ForbidPatterns
 from toolrl.envs.base import Task
-from toolrl.episode import Episode, Message, expert_messages
+from toolrl.episode import Episode, Message, User, expert_messages
 from toolrl.formats import Format
 
 
@@ -42,8 +42,13 @@ class Rollout:
         return self.episode.success
 
 
-def new_episode(task: Task, fmt: Format, cfg: RolloutConfig) -> Episode:
-    return Episode(task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check)
+Users = Callable[[Task], "User | None"]
+
+
+def new_episode(task: Task, fmt: Format, cfg: RolloutConfig, users: Users | None = None) -> Episode:
+    """`users` gives a task its simulated user, if it has one (ACEBench's multi_turn)."""
+    return Episode(task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check,
+                   user=users(task) if users is not None else None)
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
@@ -87,13 +92,14 @@ def run(
     batch_size: int = 64,
     hints: list[str | None] | None = None,
     forbid: ForbidPatterns | None = None,
+    users: Users | None = None,
 ) -> list[Rollout]:
     """Play every task to the end. Sampling is seeded by the caller (torch.manual_seed).
 
     `hints[i]`, when set, is appended to task i's system prompt for sampling only (HBG); the
     returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating."""
     rollouts = []
-    for i, ep in enumerate(new_episode(t, fmt, cfg) for t in tasks):
+    for i, ep in enumerate(new_episode(t, fmt, cfg, users) for t in tasks):
         messages = ep.initial_messages()
         r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages)
         if hints is not None and hints[i]:

@@ -95,6 +95,7 @@ def train(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     log_every: int = 25,
+    gradient_checkpointing: bool = False,
 ) -> list[dict[str, Any]]:
     """Run `steps` optimizer steps over `examples` in order; return the trainer's log history."""
     if len(examples) < steps * batch_size:
@@ -118,7 +119,7 @@ def train(
             packing=False,
             max_length=tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else 4096,
             logging_steps=log_every,
-            **models.trainer_defaults(seed),
+            **models.trainer_defaults(seed, gradient_checkpointing),
             dataloader_drop_last=True,
         )
         trainer = ValueWeightedSFTTrainer(

@@ -46,7 +46,8 @@ def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path
                                   s.batch_size, seed=cell.seed)
         history = sft.train(model, tokenizer, examples, steps=s.steps, batch_size=s.batch_size,
                             learning_rate=s.learning_rate, warmup_steps=0, value_token_ids=values,
-                            value_weight=s.value_weight, seed=cell.seed, log_every=max(1, s.steps // 10))
+                            value_weight=s.value_weight, seed=cell.seed, log_every=max(1, s.steps // 10),
+                            gradient_checkpointing=cfg.model.gradient_checkpointing)
         for h in history:
             if "loss" in h:
                 on_step({"phase": "sft", "step": h["step"], "sft_loss": h["loss"]})

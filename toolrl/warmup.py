@@ -60,7 +60,9 @@ class CurveCallback(TrainerCallback):
         log.info("warm-up step %d: id success %.1f%% after %.0f s of training", step, 100 * success, train_s)
 
 
-def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: str | None = None) -> dict[str, Any]:
+    """`pretrained` replaces model.name_or_path where the workflow converted it first (GGUF)."""
+    source = pretrained or cfg.model.name_or_path
     rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")
     tasks = read_tasks(data_dir / "warmup.jsonl")
     train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
@@ -76,17 +78,17 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, 
 
     if cfg.warmup.steps == 0:
         # A pretrained checkpoint used as it is: the base evaluation measures it, no curve needed.
-        model, tokenizer = models.load(cfg.model.name_or_path)
+        model, tokenizer = models.load(source, cfg.model.enable_thinking)
         models.save(model, tokenizer, out_dir / "model")
         return {"params": models.n_params(model), "steps": 0, "wall_seconds": 0.0, "train_seconds": 0.0,
                 "curve": [], "loss": []}
-    if cfg.model.name_or_path is None:
+    if source is None:
         corpus = ["\n".join(m["role"] + "\n" + m["content"] for m in trajectory()) for _ in range(5000)]
         corpus += [m["content"] for _ in range(500) for m in echo()]
         tokenizer = models.build_tokenizer(corpus, VALUE_TOKENS)
         model = models.build_tiny_model(cfg.model.tiny, tokenizer, seed)
     else:
-        model, tokenizer = models.load(cfg.model.name_or_path)
+        model, tokenizer = models.load(source, cfg.model.enable_thinking)
     log.info("warm-up model: %.2f M parameters, vocabulary %d", models.n_params(model) / 1e6, len(tokenizer))
 
     w = cfg.warmup
@@ -100,7 +102,7 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, 
     history = sft.train(
         model, tokenizer, examples, steps=w.steps, batch_size=w.batch_size, learning_rate=w.learning_rate,
         warmup_steps=w.warmup_steps, value_token_ids=value_token_ids(tokenizer), value_weight=w.value_weight,
-        seed=seed, callbacks=[curve],
+        seed=seed, callbacks=[curve], gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
     wall = time.perf_counter() - t0
     if not curve.curve or curve.curve[-1]["step"] != w.steps:

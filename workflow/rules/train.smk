@@ -3,6 +3,7 @@ rule warmup:
     input:
         data=rules.prepare.output,
         experiment=rules.mlflow_init.output,
+        pretrained=PRETRAINED,
     output:
         model=directory(f"{SWEEP}/base/model"),
         report=f"{SWEEP}/base/warmup.json",
@@ -20,7 +21,7 @@ rule warmup:
         "../../envs/toolrl.yaml"
     shell:
         "python -m toolrl warmup --config {params.config} --data {params.data} --experiment {input.experiment}"
-        " --out {params.out} --threads {threads} 2> {log}"
+        " --out {params.out} --threads {threads}" + (" --pretrained {input.pretrained}" if PRETRAINED else "") + " 2> {log}"
 
 
 rule train:
