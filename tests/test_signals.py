@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from types import SimpleNamespace
 
 import pytest
@@ -248,3 +250,47 @@ def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, mode
     assert said(probed) and "" not in said(probed)  # the probe rules the empty message out
     with_probe = evaluate.run_split(model, tokenizer, cfg, "id", tasks)
     assert with_probe["restored"]["n"] == 4 and "restored" not in evaluate.run_split(model, tokenizer, cfg, "format_ood", tasks)
+
+
+_ADAMW_STEP = torch.optim.AdamW.step
+
+
+def _step_gradients(tokenizer, splits, model, monkeypatch, signal, scheme, micro):
+    """The gradients at each optimizer step of a short run with `rl.micro_batch_size = micro`."""
+    grads: list[list[torch.Tensor]] = []
+
+    def spy(self, *a, **k):
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                      for g in self.param_groups for p in g["params"]])
+        return _ADAMW_STEP(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg = Config()
+    cfg.rl = RLConfig(steps=1, prompts_per_step=2, num_generations=4, micro_batch_size=micro)
+    cfg.rollout = ROLL
+    cfg.sft.batch_size = 4
+    cfg.schemes.interleaved.rl_phases = [1, 1]
+    cfg.schemes.interleaved.sft_steps = 1
+    if scheme == "interleaved":
+        cfg.rl.steps = 2
+    rows: list[dict] = []
+    trainer = grpo.train(copy.deepcopy(model), tokenizer, splits["rl"][:8], FMT, cfg, signal, scheme, 1e-3, 0,
+                         rows.append, [])
+    return grads, rows, trainer
+
+
+@pytest.mark.parametrize("signal, scheme", [("ops", "rl"), ("sft", "interleaved")])
+def test_micro_batches_give_the_same_update(splits, tokenizer, model, monkeypatch, signal, scheme):
+    """Accumulating over micro-batches changes memory, not the step: with the same rollouts
+    (OPS gives every group one success, so GRPO's gradient is not zero) and the same SFT batch,
+    the gradient at every optimizer step equals the one-pass gradient."""
+    whole, rows_a, _ = _step_gradients(tokenizer, splits, model, monkeypatch, signal, scheme, None)
+    split, rows_b, trainer = _step_gradients(tokenizer, splits, model, monkeypatch, signal, scheme, 2)
+    assert trainer.args.gradient_accumulation_steps == 4
+    assert [r["phase"] for r in rows_a] == [r["phase"] for r in rows_b]
+    assert [r.get("success/with_supervised") for r in rows_a] == [r.get("success/with_supervised") for r in rows_b]
+    assert len(whole) == len(split) == len(rows_a)
+    assert any(g.abs().sum() > 0 for g in whole[-1 if signal == "ops" else 1])  # the RL / SFT step moves
+    for ga, gb in zip(whole, split):
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

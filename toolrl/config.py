@@ -299,6 +299,9 @@ class RLConfig:
     beta: float = 0.0
     temperature: float = 1.0
     loss_type: str = "dapo"
+    # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
+    # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
+    micro_batch_size: Optional[int] = None
 
 
 @dataclass
@@ -476,6 +479,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
            f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
     _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
+    batch = cfg.rl.prompts_per_step * cfg.rl.num_generations
+    mb = cfg.rl.micro_batch_size
+    _check(mb is None or (mb > 0 and batch % mb == 0), "rl.micro_batch_size",
+           f"must divide rl.prompts_per_step × rl.num_generations = {batch}, got {mb}")
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
         _check(lr > 0, key, f"learning rate {lr} must be > 0")
     _check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")

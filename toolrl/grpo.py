@@ -35,7 +35,7 @@ from toolrl.envs.base import Task
 from toolrl.episode import Message
 from toolrl.formats import Format
 from toolrl.supervision import (ExpertPool, FailureLog, GroupOutcome, control_penalty, encode_examples, hint_text,
-                                weighted_nll)
+                                token_weights, weighted_nll)
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -234,6 +234,8 @@ class ToolGRPOTrainer(GRPOTrainer):
         self.control_ids = torch.tensor(sorted(rollout.control_token_ids(self.processing_class).values()))
         self._phase = -1
         self._examples: list[list[Message]] = []
+        self._sft_micro = 0  # micro-steps taken in SFT phases (TRL's own counter drives generation)
+        self._sft_norm = 1.0  # the current SFT step's total token weight
 
     def _forward(self, model: torch.nn.Module, examples: list[list[Message]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of chat examples, labels -100 outside the assistant messages."""
@@ -242,18 +244,21 @@ class ToolGRPOTrainer(GRPOTrainer):
         return logits, b["labels"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        # TRL scales the GRPO loss of each micro-batch by 1/accumulation; the extra terms are
+        # scaled the same way, and each micro-batch draws its share of their expert batch.
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        accum = self.current_gradient_accumulation_steps
         if self.sync_weight > 0:
             assert self.pool is not None
-            sft = weighted_nll(*self._forward(model, self.pool.sample(self.sync_batch)), self.value_ids,
-                               self.value_weight)
-            loss = loss + self.sync_weight * sft
+            sft = weighted_nll(*self._forward(model, self.pool.sample(-(-self.sync_batch // accum))),
+                               self.value_ids, self.value_weight)
+            loss = loss + self.sync_weight * sft / accum
             self.extra["sync_sft_loss"] = sft.item()
         if self.penalty is not None:
             assert self.pool is not None
             coef, threshold, n = self.penalty
-            pen = control_penalty(*self._forward(model, self.pool.sample(n)), self.control_ids, threshold)
-            loss = loss + coef * pen
+            pen = control_penalty(*self._forward(model, self.pool.sample(-(-n // accum))), self.control_ids, threshold)
+            loss = loss + coef * pen / accum
             self.extra["ctrl_penalty"] = pen.item()
         return loss
 
@@ -271,13 +276,24 @@ class ToolGRPOTrainer(GRPOTrainer):
         if not self._examples:  # nothing failed: the phase leaves the model as it is
             return torch.zeros((), device=self.accelerator.device)
         batch = self._examples[within * self.sft_batch : (within + 1) * self.sft_batch]
-        loss = weighted_nll(*self._forward(model, batch), self.value_ids, self.value_weight)
+        accum = self.current_gradient_accumulation_steps
+        part = -(-len(batch) // accum)
+        m = self._sft_micro % accum
+        self._sft_micro += 1
+        if m == 0:
+            labels = encode_examples(self.processing_class, batch)["labels"]
+            self._sft_norm = float(token_weights(labels, self.value_ids, self.value_weight).sum())
+            self.extra["sft_loss"] = 0.0
+        chunk = batch[m * part : (m + 1) * part]
+        if not chunk:
+            return torch.zeros((), device=self.accelerator.device)
+        loss = weighted_nll(*self._forward(model, chunk), self.value_ids, self.value_weight, self._sft_norm)
         self.accelerator.backward(loss)
         # The scheduler resets the rate after this step's optimizer.step(): the SFT rate holds
         # for SFT steps only, with the same Adam moments.
         for g in self.optimizer.param_groups:
             g["lr"] = self.sft_lr
-        self.extra["sft_loss"] = loss.item()
+        self.extra["sft_loss"] += loss.item()
         self.extra["learning_rate"] = self.sft_lr  # Trainer logs the scheduler's (RL) rate
         return loss.detach()
 
@@ -330,13 +346,17 @@ def train(
     sft_data = SFTPhaseData(signal, pool, source, sig.ets.window, sig.ets.rule, judge, cfg.sft.batch_size,
                             il.sft_steps, seed) if scheme == "interleaved" else None
     extra: dict[str, float] = {}
+    batch = rl.prompts_per_step * rl.num_generations
+    micro = rl.micro_batch_size or batch
     with tempfile.TemporaryDirectory(prefix="toolrl-grpo-") as scratch:
         args = GRPOConfig(
             output_dir=scratch,
             max_steps=plan.total,
-            per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+            per_device_train_batch_size=micro,
             num_generations=rl.num_generations,
-            gradient_accumulation_steps=1,
+            # One optimizer step per RL step: the step's rollouts are generated at once and
+            # its gradient accumulated over micro-batches of `rl.micro_batch_size` sequences.
+            gradient_accumulation_steps=batch // micro,
             learning_rate=learning_rate,
             lr_scheduler_type="constant",
             beta=rl.beta,

@@ -48,15 +48,25 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: list[list[Mess
     return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(att), "labels": torch.tensor(labels)}
 
 
-def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, value_ids: torch.Tensor, value_weight: float) -> torch.Tensor:
-    """Next-token cross-entropy on labelled tokens, argument-value tokens weighted by `value_weight`
-    and normalised by the total weight (weight 1 is the usual token-mean loss)."""
-    logits = logits[:, :-1].float()
+def token_weights(labels: torch.Tensor, value_ids: torch.Tensor, value_weight: float) -> torch.Tensor:
+    """The weight of each next-token target: 0 unlabelled, `value_weight` argument values, else 1."""
     target = labels[:, 1:]
     mask = (target != -100).float()
-    weight = torch.where(torch.isin(target, value_ids.to(target.device)), value_weight, 1.0) * mask
+    return torch.where(torch.isin(target, value_ids.to(target.device)), value_weight, 1.0) * mask
+
+
+def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, value_ids: torch.Tensor, value_weight: float,
+                 normalizer: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy on labelled tokens, argument-value tokens weighted by `value_weight`
+    and normalised by the total weight (weight 1 is the usual token-mean loss). A micro-batch
+    passes its whole batch's total weight as `normalizer`, so the accumulated loss is the
+    batch's loss and not a mean of micro-batch means."""
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    weight = token_weights(labels, value_ids, value_weight)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.clamp(min=0).reshape(-1), reduction="none")
-    return (nll.view_as(weight) * weight).sum() / weight.sum().clamp(min=1.0)
+    total = weight.sum().clamp(min=1.0) if normalizer is None else max(normalizer, 1.0)
+    return (nll.view_as(weight) * weight).sum() / total
 
 
 def control_penalty(logits: torch.Tensor, labels: torch.Tensor, control_ids: torch.Tensor, threshold: float) -> torch.Tensor:
