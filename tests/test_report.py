@@ -478,3 +478,25 @@ def test_invalid_restored_raises_with_path(tmp_path):
     with pytest.raises(ValueError, match="restored.success_rate") as err:
         aggregate(sweep, BASELINE, n_resamples=100)
     assert str(path) in str(err.value)
+
+
+def test_category_table_per_split_with_average(sweep):
+    """Tasks 0–31 are category `a`, 32–63 `b`; success is `i < k`, so a run at rate r has
+    a = min(1, 2r) and b = max(0, 2r − 1): e.g. sft's id seeds 0.80/0.85/0.90 give b ≈ 0.6/0.7/0.8."""
+    for path in sweep.rglob("eval/*.json"):
+        doc = json.loads(path.read_text())
+        for i, t in enumerate(doc["tasks"]):
+            t["domain"] = "a" if i < 32 else "b"
+        path.write_text(json.dumps(doc))
+    aggregate(sweep, BASELINE, n_resamples=100)
+    rows = {(r["group"], r["split"], r["category"]): r for r in csv.DictReader((sweep / "tables" / "categories.csv").open())}
+    sft = [0.80, 0.85, 0.90]
+    b = [(round(r * 64) - 32) / 32 for r in sft]
+    got = rows[("sft/rl/lr=1e-4", "id", "b")]
+    assert float(got["mean"]) == pytest.approx(sum(b) / 3) and float(got["min"]) == pytest.approx(min(b))
+    assert float(rows[("sft/rl/lr=1e-4", "id", "a")]["mean"]) == 1.0
+    avg = rows[("sft/rl/lr=1e-4", "id", "average")]
+    assert float(avg["mean"]) == pytest.approx((1.0 + sum(b) / 3) / 2) and avg["n"] == "3"
+    assert rows[("base", "id", "average")]["n"] == "1"
+    md = (sweep / "tables" / "categories.md").read_text()
+    assert "| group | a | b | average |" in md and "**content_ood**" in md

@@ -147,6 +147,7 @@ class Episode:
     def summary(self) -> dict[str, Any]:
         return {
             "task_id": self.task.id,
+            "domain": self.task.domain,
             "success": self.success,
             "turns": len(self.task.turns),
             "turns_completed": len(self.turn_ok),

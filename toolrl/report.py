@@ -41,6 +41,8 @@ class Run:
     rates: dict[str, float]  # split → success rate
     restored: dict[str, float] = field(default_factory=dict)  # split → success with the collapse mask
     collapse: dict[str, Any] | None = None  # `collapse.detect` on the train log; None without one
+    # split → category (a task's domain: BFCL's base/miss_param/…) → success rate
+    categories: dict[str, dict[str, float]] = field(default_factory=dict)
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # CURVES title → step → value
 
 
@@ -70,9 +72,17 @@ def _read_restored(path: Path, doc: dict[str, Any]) -> float | None:
     return float(rate)
 
 
-def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None]:
-    """One run's success rate (and restored rate), checked against where the file lies so a
-    misplaced copy fails here."""
+def _categories(doc: dict[str, Any]) -> dict[str, float]:
+    """Success per task category (the task's domain), from the per-task records."""
+    by: dict[str, list[bool]] = {}
+    for t in doc.get("tasks", []):
+        by.setdefault(str(t.get("domain", "all")), []).append(bool(t.get("success")))
+    return {d: sum(v) / len(v) for d, v in sorted(by.items())}
+
+
+def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None, dict[str, float]]:
+    """One run's success rate, restored rate and per-category rates, checked against where the
+    file lies so a misplaced copy fails here."""
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise ValueError(f"corrupt evaluation file {path}: expected a JSON object")  # noqa: TRY004 (bad data, not a bad call)
@@ -88,7 +98,7 @@ def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float 
     rate = doc.get("success_rate")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
         raise ValueError(f"evaluation file {path}: 'success_rate' must be a number in [0, 1], got {rate!r}")
-    return float(rate), _read_restored(path, doc)
+    return float(rate), _read_restored(path, doc), _categories(doc)
 
 
 def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any] | None, dict[str, dict[int, float]]]:
@@ -114,8 +124,9 @@ def _read_run(eval_dir: Path, splits: Sequence[str], cell: Cell | None) -> Run |
     if not any((eval_dir / f"{s}.json").exists() for s in splits):
         return None
     read = {s: _read_eval(eval_dir / f"{s}.json", s, cell) for s in splits}
-    return Run(cell, {s: r for s, (r, _) in read.items()},
-               {s: q for s, (_, q) in read.items() if q is not None})
+    return Run(cell, {s: r for s, (r, _, _) in read.items()},
+               {s: q for s, (_, q, _) in read.items() if q is not None},
+               categories={s: c for s, (_, _, c) in read.items()})
 
 
 def _restored_per_seed(name: str, runs: Sequence[Run], splits: Sequence[str]) -> dict[str, list[float]]:
@@ -400,6 +411,53 @@ def _latex(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def category_rows(groups: Sequence[Group], splits: Sequence[str]) -> list[dict[str, Any]]:
+    """Per group, split and task category: the mean over seeds of each run's success on that
+    category, with the min and max over seeds; plus `average`, the mean over categories (the
+    paper's BFCL table reports the four categories and their average)."""
+    rows = []
+    for g in groups:
+        for s in splits:
+            per_seed: dict[str, list[float]] = {}
+            for r in g.runs:
+                for cat, rate in r.categories.get(s, {}).items():
+                    per_seed.setdefault(cat, []).append(rate)
+            if not per_seed:
+                continue
+            cats = sorted(per_seed)
+            seeds = [sum(per_seed[c][i] for c in cats) / len(cats) for i in range(min(len(v) for v in per_seed.values()))]
+            for cat, v in [(c, per_seed[c]) for c in cats] + [("average", seeds)]:
+                rows.append({"group": g.name, "split": s, "category": cat, "n": len(v),
+                             "mean": sum(v) / len(v), "min": min(v), "max": max(v)})
+    return rows
+
+
+def _category_markdown(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str:
+    lines = ["Task success (%) per task category: the mean over seeds, with the range over seeds in "
+             "brackets; `average` is the mean over categories.", ""]
+    for s in splits:
+        mine = [r for r in rows if r["split"] == s]
+        if not mine:
+            continue
+        cats = list(dict.fromkeys(r["category"] for r in mine if r["category"] != "average")) + ["average"]
+        lines += [f"**{s}**", "", "| group | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+        for name in dict.fromkeys(r["group"] for r in mine):
+            by = {r["category"]: r for r in mine if r["group"] == name}
+            cells = ["—" if c not in by else _pct(by[c]["mean"]) + (
+                "" if by[c]["n"] == 1 else f" [{_pct(by[c]['min'])}, {_pct(by[c]['max'])}]") for c in cats]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _category_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["group", "split", "category", "n", "mean", "min", "max"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150)
@@ -530,6 +588,9 @@ def aggregate(
     write_text(sweep_dir / "tables" / "main.md", _markdown(summary))
     write_text(sweep_dir / "tables" / "main.csv", _csv(summary))
     write_text(sweep_dir / "tables" / "main.tex", _latex(summary))
+    cat_rows = category_rows(ordered, splits)
+    write_text(sweep_dir / "tables" / "categories.md", _category_markdown(cat_rows, splits))
+    write_text(sweep_dir / "tables" / "categories.csv", _category_csv(cat_rows))
     write_bytes(sweep_dir / "plots" / "success.png", _plot(summary))
     write_bytes(sweep_dir / "plots" / "curves.png", _curves_plot(ordered))
     # allow_nan=False: a NaN that slipped through would be invalid JSON for every strict reader.

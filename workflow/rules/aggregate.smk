@@ -13,6 +13,8 @@ rule aggregate:
         table=report(f"{SWEEP}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
         csv=f"{SWEEP}/tables/main.csv",
         tex=f"{SWEEP}/tables/main.tex",
+        categories=report(f"{SWEEP}/tables/categories.md", caption="../report/category_table.rst", category="Tables"),
+        categories_csv=f"{SWEEP}/tables/categories.csv",
         plot=report(f"{SWEEP}/plots/success.png", caption="../report/success_plot.rst", category="Figures"),
         curves=report(f"{SWEEP}/plots/curves.png", caption="../report/curves_plot.rst", category="Figures"),
         summary=f"{SWEEP}/summary.json",
