@@ -294,3 +294,32 @@ def test_micro_batches_give_the_same_update(splits, tokenizer, model, monkeypatc
     for ga, gb in zip(whole, split):
         for a, b in zip(ga, gb):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(splits, tokenizer, model):
+    """With `use_vllm`, every assistant message comes from `trainer.vllm_generation.generate`
+    (here a stub that answers with a fixed call after recording the context), cut at the first
+    <|im_end|> and scored by the same episode."""
+    task = splits["rl"][0]
+    expert = [m["content"] for m in expert_messages(task, FMT) if m["role"] == "assistant"]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    seen: list[list[list[int]]] = []
+
+    class Engine:
+        def generate(self, prompts, images, num_generations):
+            assert images is None and num_generations == 1
+            seen.append(prompts)
+            turn = len(seen) - 1
+            text = expert[turn] if turn < len(expert) else "Done."
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] + [5, 6, 7]  # junk after EOS
+            return prompts, [ids for _ in prompts], None, None
+
+    source = grpo.MultiTurnRollout([task], FMT, tokenizer, RolloutConfig(max_new_tokens=200, max_total_tokens=3000,
+                                   max_messages=20), RLConfig(num_generations=2), grpo.SignalSetup(), seed=0)
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0), model=model, use_vllm=True,
+                              vllm_generation=Engine(), accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    out = source([task.id, task.id], trainer)
+    assert out["success"] == [1.0, 1.0]  # the expert's messages, played through the engine
+    assert len(seen) == len(expert) and all(len(batch) == 2 for batch in seen)
+    assert seen[0][0] == out["prompt_ids"][0]
+    assert 5 not in out["completion_ids"][0][-3:]  # nothing after the EOS was kept

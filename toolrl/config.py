@@ -302,6 +302,9 @@ class RLConfig:
     # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
     # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
     micro_batch_size: Optional[int] = None
+    # Sample GRPO rollouts with TRL's colocated vLLM engine: true, false, or null (where vLLM is
+    # installed and a GPU is present). Greedy evaluation always uses transformers.
+    vllm: Optional[bool] = None
 
 
 @dataclass

@@ -85,6 +85,21 @@ def signal_setup(cfg: Config, signal: str, tokenizer: PreTrainedTokenizerBase) -
     )
 
 
+def vllm_generate(trainer: GRPOTrainer) -> rollout.Generate | None:
+    """TRL's vLLM engine as the rollout's generator, when the trainer runs one (TRL syncs the
+    policy's weights into it before calling the rollout_func). Its sampling settings are TRL's:
+    `rl.temperature`, and `max_completion_length` (= rollout.max_total_tokens) per call, which the
+    rollout then cuts to rollout.max_new_tokens per message."""
+    if not getattr(trainer, "use_vllm", False):
+        return None
+
+    def generate(contexts: list[list[int]]) -> list[list[int]]:
+        _, completions, _, _ = trainer.vllm_generation.generate(prompts=contexts, images=None, num_generations=1)
+        return completions
+
+    return generate
+
+
 class MultiTurnRollout:
     """A `rollout_func` for GRPOTrainer. Prompts are task ids (TRL passes only the prompt column,
     already repeated `num_generations` times, each group contiguous); each comes back as one
@@ -115,7 +130,8 @@ class MultiTurnRollout:
         sampled_idx = [i for i, e in enumerate(expert) if not e]
         sampled = rollout.run(model, self.tokenizer, [self.tasks[prompts[i]] for i in sampled_idx], self.fmt,
                               self.cfg, sample=True, temperature=self.temperature,
-                              hints=[hints[i] for i in sampled_idx], forbid=s.clamp)
+                              hints=[hints[i] for i in sampled_idx], forbid=s.clamp,
+                              generate=None if s.clamp is not None else vllm_generate(trainer))
         rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
         for i, r in zip(sampled_idx, sampled):
             rs[i] = r
@@ -322,6 +338,15 @@ class StepLogger(TrainerCallback):
         self.on_step({k: v for k, v in record.items() if not isinstance(v, float) or math.isfinite(v)})
 
 
+def use_vllm(rl: RLConfig) -> bool:
+    """rl.vllm: true, false, or null for "where it can": vLLM installed and a GPU present."""
+    if rl.vllm is not None:
+        return rl.vllm
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -363,6 +388,8 @@ def train(
             temperature=rl.temperature,
             loss_type=rl.loss_type,
             max_completion_length=cfg.rollout.max_total_tokens,
+            use_vllm=use_vllm(rl),
+            vllm_mode="colocate",
             logging_steps=1,
             **models.trainer_defaults(seed, cfg.model.gradient_checkpointing),
         )

@@ -43,6 +43,8 @@ class Rollout:
 
 
 Users = Callable[[Task], "User | None"]
+# A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say).
+Generate = Callable[[list[list[int]]], list[list[int]]]
 
 
 def new_episode(task: Task, fmt: Format, cfg: RolloutConfig, users: Users | None = None) -> Episode:
@@ -93,11 +95,16 @@ def run(
     hints: list[str | None] | None = None,
     forbid: ForbidPatterns | None = None,
     users: Users | None = None,
+    generate: Generate | None = None,
 ) -> list[Rollout]:
     """Play every task to the end. Sampling is seeded by the caller (torch.manual_seed).
 
     `hints[i]`, when set, is appended to task i's system prompt for sampling only (HBG); the
-    returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating."""
+    returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating.
+    `generate` replaces `model.generate` (vLLM during GRPO); it has no logits processors, so the
+    control-token probes are not recorded and `forbid` cannot be applied with it."""
+    if generate is not None and forbid is not None:
+        raise ValueError("the collapse mask (forbid) needs transformers generation, not an external engine")
     rollouts = []
     for i, ep in enumerate(new_episode(t, fmt, cfg, users) for t in tasks):
         messages = ep.initial_messages()
@@ -117,8 +124,11 @@ def run(
             if not active:
                 break
             for start in range(0, len(active), batch_size):
-                _advance(model, tokenizer, active[start : start + batch_size], cfg, sample, temperature, probe,
-                         forbid, eos_id)
+                chunk = active[start : start + batch_size]
+                if generate is None:
+                    _advance(model, tokenizer, chunk, cfg, sample, temperature, probe, forbid, eos_id)
+                else:
+                    _advance_with(generate, tokenizer, chunk, cfg, eos_id)
     finally:
         model.train(was_training)
     return rollouts
@@ -178,6 +188,17 @@ def _advance(
     for r, row, n, stats in zip(batch, new.tolist(), lengths, probe.stats(new, lengths)):
         for k, v in stats.items():
             r.probes.setdefault(k, []).extend(v)
+        _consume(tokenizer, r, row[:n], eos_id, cfg)
+
+
+def _advance_with(generate: Generate, tokenizer: PreTrainedTokenizerBase, batch: list[Rollout], cfg: RolloutConfig,
+                  eos_id: int) -> None:
+    """`_advance` through an external engine: the same message budget, cut at the first EOS."""
+    contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
+    for r, ctx, row in zip(batch, contexts, generate(contexts)):
+        budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - len(ctx)))
+        row = list(row)[:budget]
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
         _consume(tokenizer, r, row[:n], eos_id, cfg)
 
 
