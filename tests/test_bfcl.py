@@ -245,3 +245,42 @@ def test_costly_and_non_finite_numbers_are_refused():
     assert "out of range" in bfcl.check_arguments(power, {"base": float("inf"), "exponent": 2})[1]
     args, err = bfcl.check_arguments(power, {"base": 10**9, "exponent": 10**9})
     assert err is None and isinstance(args["base"], float)  # a float power overflows at once
+
+
+@pytest.mark.parametrize("text", [
+    "[ls(a={(): 1})]",                      # a key JSON cannot encode
+    "[ls(a={1, 2})]",                       # a set
+    "[ls(a=b'x')]",                         # bytes
+    "[ls(a=" + "[" * 900 + "]" * 900 + ")]",  # nesting that parses but does not re-encode
+    '<tool_call>\n{"name": "ls", "arguments": {"a": ' + "[" * 900 + "]" * 900 + "}}\n</tool_call>",
+])
+def test_arguments_json_cannot_hold_are_refused_not_raised(text):
+    task = _task("multi_turn_base_0")
+    fmt = PYTHON if text.startswith("[") else JSON
+    ep = Episode(task, fmt)
+    replies = ep.step(text)
+    assert replies and ("error" in replies[0]["content"].lower())
+
+
+def test_an_episode_has_a_call_budget():
+    env = bfcl.BFCLEnv(_task("multi_turn_base_0"))
+    outs = [env.execute(Call("pwd", {})) for _ in range(bfcl.MAX_CALLS_PER_EPISODE + 1)]
+    assert "error" not in outs[-2] and "used its" in outs[-1]
+
+
+def test_a_call_that_runs_too_long_becomes_an_error(monkeypatch):
+    """Legal calls can be costly (BFCL's shallow `cp` lets a few dozen calls build a tree whose
+    `du()` takes minutes): a call past the time limit is interrupted."""
+    from toolrl.envs import base
+
+    monkeypatch.setattr(base, "TOOL_SECONDS", 0.2)
+    env = bfcl.BFCLEnv(_task("multi_turn_base_0"))
+
+    def forever(**kwargs):
+        while True:
+            pass
+
+    env._methods["du"] = forever
+    out = env.execute(Call("du", {}))
+    assert out.startswith("Error during execution") and "longer than" in out
+    assert "error" not in env.execute(Call("pwd", {})).lower()  # the alarm is off again

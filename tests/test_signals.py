@@ -323,3 +323,36 @@ def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(split
     assert len(seen) == len(expert) and all(len(batch) == 2 for batch in seen)
     assert seen[0][0] == out["prompt_ids"][0]
     assert 5 not in out["completion_ids"][0][-3:]  # nothing after the EOS was kept
+
+
+def test_a_real_trainer_step_through_a_vllm_engine(splits, tokenizer, model, monkeypatch):
+    """The whole TRL step with `use_vllm` (a stub engine stands in for vLLM, which needs a GPU):
+    the rollout returns no sampling log-probs, so TRL must not try to correct with them, and the
+    engine's length limit is one message's."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    calls = []
+
+    class Engine:
+        max_completion_length = 10**6
+
+        def sync_weights(self):
+            pass
+
+        def generate(self, prompts, images, num_generations):
+            calls.append(self.max_completion_length)
+            ids = tokenizer("Done.", add_special_tokens=False)["input_ids"] + [eos]
+            return prompts, [ids for _ in prompts], None, None
+
+    real_init = grpo.ToolGRPOTrainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.use_vllm, self.vllm_generation, self._last_loaded_step = True, Engine(), -1
+
+    monkeypatch.setattr(grpo.ToolGRPOTrainer, "__init__", init)
+    cfg = Config()
+    cfg.rl = RLConfig(steps=1, prompts_per_step=2, num_generations=2)
+    cfg.rollout = ROLL
+    rows: list[dict] = []
+    grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, "none", "rl", 1e-3, 0, rows.append, [])
+    assert len(rows) == 1 and calls and set(calls) == {ROLL.max_new_tokens}

@@ -37,6 +37,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     splits = make_splits(cfg.world)
+    # Counts the config cannot know before the data is read (held-out classes, skipped ACEBench tasks).
+    where = "world.bfcl" if cfg.world.backend == "bfcl" else "world"
+    if len(splits["rl"]) < cfg.rl.prompts_per_step:
+        raise ConfigError(f"config key '{where}': {len(splits['rl'])} RL tasks, fewer than rl.prompts_per_step "
+                          f"({cfg.rl.prompts_per_step})")
+    for name in ("id", "content_ood"):
+        if not splits[name]:
+            raise ConfigError(f"config key '{where}': the {name} split is empty (held_out_classes, "
+                              "acebench.categories without a user?)")
     write_splits(splits, Path(args.out))
     log.info("tasks: %s", {k: len(v) for k, v in splits.items()})
 

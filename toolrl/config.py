@@ -519,6 +519,7 @@ def _validate_bfcl(cfg: Config) -> None:
         _check(c in ("multi_step", "multi_turn"), "world.bfcl.acebench.categories",
                f"unknown category '{c}' (choose from multi_step, multi_turn)")
     if a.user is not None:
+        _check(a.path is not None, "world.bfcl.acebench.user", "a simulated user needs ACEBench tasks: set world.bfcl.acebench.path")
         _check(a.user.kind in ("hf", "openai"), "world.bfcl.acebench.user.kind",
                f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'")
 

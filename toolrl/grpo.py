@@ -85,13 +85,14 @@ def signal_setup(cfg: Config, signal: str, tokenizer: PreTrainedTokenizerBase) -
     )
 
 
-def vllm_generate(trainer: GRPOTrainer) -> rollout.Generate | None:
+def vllm_generate(trainer: GRPOTrainer, max_new_tokens: int) -> rollout.Generate | None:
     """TRL's vLLM engine as the rollout's generator, when the trainer runs one (TRL syncs the
-    policy's weights into it before calling the rollout_func). Its sampling settings are TRL's:
-    `rl.temperature`, and `max_completion_length` (= rollout.max_total_tokens) per call, which the
-    rollout then cuts to rollout.max_new_tokens per message."""
+    policy's weights into it before calling the rollout_func). It samples at `rl.temperature`;
+    its length limit is set to one message's (`rollout.max_new_tokens`), not TRL's whole
+    completion's."""
     if not getattr(trainer, "use_vllm", False):
         return None
+    trainer.vllm_generation.max_completion_length = max_new_tokens
 
     def generate(contexts: list[list[int]]) -> list[list[int]]:
         _, completions, _, _ = trainer.vllm_generation.generate(prompts=contexts, images=None, num_generations=1)
@@ -131,7 +132,7 @@ class MultiTurnRollout:
         sampled = rollout.run(model, self.tokenizer, [self.tasks[prompts[i]] for i in sampled_idx], self.fmt,
                               self.cfg, sample=True, temperature=self.temperature,
                               hints=[hints[i] for i in sampled_idx], forbid=s.clamp,
-                              generate=None if s.clamp is not None else vllm_generate(trainer))
+                              generate=None if s.clamp is not None else vllm_generate(trainer, self.cfg.max_new_tokens))
         rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
         for i, r in zip(sampled_idx, sampled):
             rs[i] = r
@@ -260,21 +261,27 @@ class ToolGRPOTrainer(GRPOTrainer):
         return logits, b["labels"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-        # TRL scales the GRPO loss of each micro-batch by 1/accumulation; the extra terms are
-        # scaled the same way, and each micro-batch draws its share of their expert batch.
+        # TRL scales the GRPO loss of each micro-batch by 1/accumulation; each micro-batch draws
+        # its share of the extra terms' expert batch, weighted by that share.
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         accum = self.current_gradient_accumulation_steps
-        if self.sync_weight > 0:
+        m = self._step % accum  # TRL's micro-step counter, advanced after this call
+
+        def share(n: int) -> int:  # this micro-batch's part of an n-example batch
+            return n // accum + (m < n % accum)
+
+        if self.sync_weight > 0 and share(self.sync_batch):
             assert self.pool is not None
-            sft = weighted_nll(*self._forward(model, self.pool.sample(-(-self.sync_batch // accum))),
-                               self.value_ids, self.value_weight)
-            loss = loss + self.sync_weight * sft / accum
+            k = share(self.sync_batch)
+            sft = weighted_nll(*self._forward(model, self.pool.sample(k)), self.value_ids, self.value_weight)
+            loss = loss + self.sync_weight * sft * k / self.sync_batch
             self.extra["sync_sft_loss"] = sft.item()
-        if self.penalty is not None:
+        if self.penalty is not None and share(self.penalty[2]):
             assert self.pool is not None
             coef, threshold, n = self.penalty
-            pen = control_penalty(*self._forward(model, self.pool.sample(-(-n // accum))), self.control_ids, threshold)
-            loss = loss + coef * pen / accum
+            k = share(n)
+            pen = control_penalty(*self._forward(model, self.pool.sample(k)), self.control_ids, threshold)
+            loss = loss + coef * pen * k / n
             self.extra["ctrl_penalty"] = pen.item()
         return loss
 
@@ -340,11 +347,14 @@ class StepLogger(TrainerCallback):
 
 def use_vllm(rl: RLConfig) -> bool:
     """rl.vllm: true, false, or null for "where it can": vLLM installed and a GPU present."""
-    if rl.vllm is not None:
-        return rl.vllm
     import importlib.util
 
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    installed = importlib.util.find_spec("vllm") is not None
+    if rl.vllm and not installed:
+        raise ValueError("rl.vllm is true but vllm is not installed (pip install vllm, or set rl.vllm: null)")
+    if rl.vllm is not None:
+        return rl.vllm
+    return torch.cuda.is_available() and installed
 
 
 def train(
@@ -390,6 +400,9 @@ def train(
             max_completion_length=cfg.rollout.max_total_tokens,
             use_vllm=use_vllm(rl),
             vllm_mode="colocate",
+            # The rollout returns no sampling log-probs (its contexts are re-scored by TRL), so
+            # there is nothing to correct the importance weights with.
+            vllm_importance_sampling_correction=False,
             logging_steps=1,
             **models.trainer_defaults(seed, cfg.model.gradient_checkpointing),
         )

@@ -109,6 +109,9 @@ def run(
     for i, ep in enumerate(new_episode(t, fmt, cfg, users) for t in tasks):
         messages = ep.initial_messages()
         r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages)
+        if len(r.prompt_ids) >= cfg.max_total_tokens:
+            raise ValueError(f"task {ep.task.id}: its prompt is {len(r.prompt_ids)} tokens, not less than "
+                             f"rollout.max_total_tokens ({cfg.max_total_tokens}); raise that config key")
         if hints is not None and hints[i]:
             hinted = [{**messages[0], "content": messages[0]["content"] + "\n\n" + hints[i]}, *messages[1:]]
             r.sample_prompt_ids = encode(tokenizer, render(tokenizer, hinted, True))

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from toolrl.config import ACEBenchConfig
-from toolrl.envs.base import Call, Task, Turn
+from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,10 @@ class ACEBenchEnv:
         if not targets:
             return _error(f"'{call.name}' is not available: no class of this task implements it")
         try:
-            for method in targets:
-                # a copy per instance: no instance keeps a reference into the call (or another instance)
-                result = method(**copy.deepcopy(call.arguments))
+            with time_limit():
+                for method in targets:
+                    # a copy per instance: no instance keeps a reference into the call (or another instance)
+                    result = method(**copy.deepcopy(call.arguments))
         except Exception as e:  # a tool's failure is an observation, as in ACEBench
             return _error(f"{call.name} failed: {type(e).__name__}: {e}")
         return _text(result)
@@ -301,8 +302,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def check_arguments(doc: dict[str, Any], args: Any) -> str | None:
     """Why the arguments do not fit the doc (required, unknown, basic type), or None. A type
     the table does not know is not checked; an optional argument may be null (= left out)."""
-    if not isinstance(args, dict):
-        return "arguments must be an object"
+    problem = argument_problem(args)
+    if problem is not None:
+        return problem
     params = doc.get("parameters") or {}
     props = params.get("properties") or {}
     required = params.get("required") or []
@@ -326,7 +328,7 @@ def _text(result: Any) -> str:
         return result
     try:
         return json.dumps(result)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return str(result)
 
 

@@ -7,8 +7,18 @@ the BFCL backend are interchangeable behind them.
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+# Limits on what one call may cost, for every backend. The benchmarks' ground truth lies far
+# inside them (BFCL: at most 6,690 characters in an argument, nesting depth 3).
+MAX_ARGUMENT_CHARS = 100_000
+MAX_ARGUMENT_DEPTH = 16
+TOOL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -81,3 +91,55 @@ class ToolEnv(Protocol):
     def begin_turn(self, index: int) -> None:
         """User turn `index` opens: BFCL's miss_func reveals its withheld tools here."""
         ...
+
+
+def argument_problem(args: Any) -> str | None:
+    """Why a call's arguments are refused before its doc is consulted, or None: they must be a
+    JSON object, at most MAX_ARGUMENT_DEPTH deep and MAX_ARGUMENT_CHARS long. The Python-call
+    syntax can spell values JSON cannot (tuple keys, sets, bytes) and nesting deep enough to
+    overflow the encoder; both are refused here rather than crash a job."""
+    if not isinstance(args, dict):
+        return "arguments must be an object"
+    stack = [(args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_ARGUMENT_DEPTH:
+            return f"arguments nested deeper than {MAX_ARGUMENT_DEPTH} levels"
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(v, depth + 1) for v in value]
+    try:
+        size = len(json.dumps(args))
+    except (TypeError, ValueError, RecursionError):
+        return "arguments must be JSON values (strings, numbers, booleans, null, lists, objects)"
+    if size > MAX_ARGUMENT_CHARS:
+        return f"arguments longer than {MAX_ARGUMENT_CHARS} characters"
+    return None
+
+
+class ToolTimeout(Exception):
+    """A tool call ran past TOOL_SECONDS."""
+
+
+@contextmanager
+def time_limit(seconds: float | None = None) -> Iterator[None]:
+    """Interrupt a tool call that runs too long, as an exception the episode turns into an error
+    observation. Legal calls can still be costly: BFCL's `cp` copies folders shallowly, so a few
+    dozen well-formed calls build a tree whose `du()` takes minutes. SIGALRM interrupts pure-Python
+    loops (all such tools are); it works only in the main thread, elsewhere there is no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seconds = TOOL_SECONDS if seconds is None else seconds
+
+    def expire(signum: int, frame: Any) -> None:
+        raise ToolTimeout(f"the call ran longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from toolrl.envs.base import Call, Task, Turn
+from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
 
 CATEGORIES = ("base", "miss_param", "miss_func", "long_context")
 N_SCENARIOS = 200
@@ -39,13 +39,13 @@ REPLY_REFUSE = {
     "miss_func": "None of the available functions can do that. Could you provide a function that can?",
 }
 REPLY_REFUSE_DEFAULT = "I cannot do that with the available functions."
-# Limits on what a model's arguments may cost. Everything the ground truth passes is far inside
-# them (longest string 6,690 characters, largest integer 987,654, precision at most 10); beyond
-# them a single call can hang a job: `logarithm` with precision 100,000 takes 10 s in mpmath,
-# and an integer power of two large integers does not finish.
-MAX_ARGUMENT_CHARS = 100_000
+# Limits on what a model's calls may cost, beyond envs.base's. Everything the ground truth does is
+# far inside them (largest integer 987,654, precision at most 10, at most 35 calls per task);
+# beyond them a single call can hang a job: `logarithm` with precision 100,000 takes 10 s in
+# mpmath, and an integer power of two large integers does not finish.
 MAX_ABS_NUMBER = 2**53
 COST_PARAMETERS = {"precision": 1000}
+MAX_CALLS_PER_EPISODE = 100
 
 
 class BFCLUnavailable(ValueError):
@@ -241,6 +241,7 @@ class BFCLEnv:
                 self._methods[doc["name"]] = getattr(self._instances[cls], doc["name"])
         self._revealed_at = {n: int(k) for k, names in init["hidden"].items() for n in names}
         self._turn = 0
+        self._calls = 0
 
     def _visible(self, name: str) -> bool:
         return name in self._docs and self._revealed_at.get(name, 0) <= self._turn
@@ -257,11 +258,14 @@ class BFCLEnv:
         args, error = check_arguments(self._docs[call.name], call.arguments)
         if error is not None:
             return json.dumps({"error": f"{call.name}: {error}"})
+        self._calls += 1
+        if self._calls > MAX_CALLS_PER_EPISODE:
+            return json.dumps({"error": f"this episode has used its {MAX_CALLS_PER_EPISODE} calls"})
         try:
-            result = self._methods[call.name](**args)
+            with time_limit():
+                return stringify(self._methods[call.name](**args))
         except Exception as e:  # a tool's own failure is an observation, as in BFCL
             return f"Error during execution: {e}"
-        return stringify(result)
 
     def state(self) -> dict[str, Any]:
         """Public attributes per class: what BFCL's state checker compares (with `!=`)."""
@@ -276,7 +280,7 @@ def stringify(result: Any) -> str:
     if isinstance(result, dict):
         try:
             return json.dumps(result)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return str(result)
     return str(result)
 
@@ -292,10 +296,9 @@ def check_arguments(doc: dict[str, Any], args: Any) -> tuple[dict[str, Any], str
 
     A float parameter given an integer gets the float: the methods compute with what they get,
     and an integer `power` of two large integers never returns."""
-    if not isinstance(args, dict):
-        return {}, "arguments must be an object"
-    if len(json.dumps(args, default=str)) > MAX_ARGUMENT_CHARS:
-        return {}, f"arguments longer than {MAX_ARGUMENT_CHARS} characters"
+    problem = argument_problem(args)
+    if problem is not None:
+        return {}, problem
     params = doc["parameters"]
     props = params.get("properties", {})
     for name in params.get("required", []):
