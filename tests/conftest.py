@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +37,24 @@ def tokenizer(splits):
         for _ in range(400)
     ] + [m["content"] for _ in range(100) for m in echo_messages(rng)]
     return build_tokenizer(corpus, VALUE_TOKENS)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
+SNAKEMAKE_ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:
+    """Run the workflow over `config.yaml` + `configfiles` in the folder `work` on 2 cores; return
+    the sweep's results folder and Snakemake's output, or fail the test with Snakemake's error and
+    every job log."""
+    shutil.copytree(ROOT / "workflow", work / "workflow", dirs_exist_ok=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+         "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), "--cores", "2"],
+        capture_output=True, text=True, env=SNAKEMAKE_ENV, timeout=1500,
+    )
+    if p.returncode != 0:
+        logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
+        pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")
+    return work / "results" / sweep, p.stdout + p.stderr

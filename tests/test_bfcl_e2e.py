@@ -5,14 +5,11 @@ GRPO and SFT steps) → evaluate on BFCL tasks → aggregate, all through Snakem
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_sweep
 
 pytest.importorskip("bfcl_eval")
 
@@ -22,8 +19,6 @@ from toolrl.envs import bfcl  # noqa: E402
 from toolrl.episode import expert_messages  # noqa: E402
 from toolrl.formats import get_format  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 pytestmark = pytest.mark.slow
 # rl: scenario 66 (VehicleControlAPI) × 3 train categories; id: scenario 174 × 4 categories;
 # content_ood: scenario 4, the first test scenario with the held-out GorillaFileSystem.
@@ -45,7 +40,6 @@ def save_tiny_checkpoint(out: Path) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("bfcl")
-    shutil.copytree(ROOT / "workflow", work / "workflow")
     save_tiny_checkpoint(work / "tiny-qwen")
     cfg = {
         "sweep": {"name": "bfcl-tiny", "signals": ["none", "sft"], "schemes": ["rl", "sequential"],
@@ -59,15 +53,7 @@ def sweep(tmp_path_factory):
         "aggregate": {"n_resamples": 200},
     }
     (work / "bfcl.yaml").write_text(yaml.safe_dump(cfg))
-    p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), str(work / "bfcl.yaml"), "--cores", "2"],
-        capture_output=True, text=True, env=ENV, timeout=1500,
-    )
-    if p.returncode != 0:
-        logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
-        pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")
-    return work / "results" / "bfcl-tiny"
+    return run_sweep(work, work / "bfcl.yaml", sweep="bfcl-tiny")[0]
 
 
 def test_prepare_wrote_the_bfcl_split(sweep):

