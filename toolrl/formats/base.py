@@ -42,7 +42,8 @@ class Format:
         if self.style == "compact":
             sigs = " ".join(f"{s['name']}({','.join(s['parameters']['properties'])})" for s in schemas)
             return f"Tools: {sigs}\nFormat: {self.name}"
-        docs = "\n".join(json.dumps({"type": "function", "function": s}) for s in schemas)
+        # One JSON doc per line, as the authors' BFCL prompts have them.
+        docs = "\n".join(json.dumps(s) for s in schemas)
         return self.full_preamble(docs)
 
     def full_preamble(self, docs: str) -> str:
