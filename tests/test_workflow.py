@@ -81,3 +81,24 @@ def test_all_signals_and_schemes_build_exactly_the_meaningful_cells(workdir):
     assert built == {("none", "rl"), ("sft", "sequential"), ("sft", "synchronous"), ("sft", "interleaved"),
                      ("ops", "rl"), ("hbg", "rl"), ("ets", "interleaved"), ("prs", "interleaved"),
                      ("ctrl", "rl"), ("void_filter", "rl")}
+
+
+@pytest.mark.parametrize("preset, extra, trains, converts", [
+    ("bfcl-qwen2.5-1.5b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
+    ("bfcl-qwen3-1.7b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
+    ("smollm2-135m.yaml", None, 18, 1),
+    ("bfcl-smollm2-135m.yaml", None, 18, 1),
+])
+def test_every_preset_plans(workdir, preset, extra, trains, converts):
+    """The real-model presets validate and plan: the paper's 10 pairs × 3 seeds for Qwen (given
+    an ACEBench checkout), and a GGUF conversion before the warm-up for SmolLM2."""
+    args = ["-n", "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / preset)]
+    p = snakemake(workdir, *args, *(["--config", extra] if extra else []))
+    assert p.returncode == 0, p.stderr
+    counts = job_counts(p.stdout)
+    assert counts["train"] == trains and counts.get("convert_model", 0) == converts
+
+
+def test_the_paper_preset_names_the_missing_acebench_checkout(workdir):
+    p = snakemake(workdir, "-n", "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "bfcl-qwen2.5-1.5b.yaml"))
+    assert p.returncode != 0 and "world.bfcl.acebench.path" in p.stdout + p.stderr
