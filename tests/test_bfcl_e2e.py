@@ -80,3 +80,5 @@ def test_training_ran_on_bfcl_and_the_table_exists(sweep):
     run = json.loads(next(sweep.rglob("signal=sft/**/run.json")).read_text())
     assert run["cell"]["scheme"] == "sequential"
     assert "| base " in (sweep / "tables" / "main.md").read_text()
+    assert "| group | base | long_context | miss_func | miss_param | average |" in (
+        sweep / "tables" / "categories.md").read_text()
