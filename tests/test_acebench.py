@@ -19,8 +19,8 @@ from toolrl.envs.acebench import (
     FINISH,
     GREETING,
     ACEBenchEnv,
-    canonical_class,
     load_tasks,
+    merged_ground_truth,
     make_user,
     scenario_class,
 )
@@ -241,27 +241,26 @@ def test_load_tasks(checkout):
     ms1 = tasks["agent_multi_step_1"]
     assert ms1.turns[0].question.startswith("Add a reminder")
     assert ms1.init["initial_config"] == {"BaseApi": {"wifi": True, "logged_in": False}}
-    # misspelled ground-truth keys name the real classes
-    assert ms1.turns[0].expected_state == {"BaseApi": {"wifi": True, "logged_in": True},
-                                           "ReminderApi": {"reminder_list": {"1": DENTIST, "2": GYM}}}
-    assert set(tasks["agent_multi_turn_1"].turns[0].expected_state) == {"BaseApi", "ReminderApi"}
+    # ground-truth keys that name no involved class are not checked, as in ACEBench
+    assert ms1.turns[0].expected_state == {}
+    assert set(tasks["agent_multi_turn_1"].turns[0].expected_state) == {"BaseApi"}
 
 
 def test_multi_turn_skipped_without_user(checkout, caplog):
     with caplog.at_level(logging.WARNING, logger="toolrl.envs.acebench"):
         tasks = load_tasks(ACEBenchConfig(str(checkout)))
     assert [t.id for t in tasks] == ["agent_multi_step_0", "agent_multi_step_1"]
-    (record,) = caplog.records
-    assert "multi_turn" in record.getMessage() and "simulated user" in record.getMessage()
+    skipped = [r.getMessage() for r in caplog.records if "simulated user" in r.getMessage()]
+    assert len(skipped) == 1 and "multi_turn" in skipped[0]
     assert load_tasks(ACEBenchConfig(str(checkout), categories=["multi_turn"])) == []
 
 
-def test_canonical_class():
+def test_misspelled_answer_classes_are_skipped_with_a_warning(caplog):
     classes = ["BaseApi", "MessageApi", "ReminderApi"]
-    assert [canonical_class(k, classes, "t") for k in ["MessageApi", "BaseAPI", "ReminderAPI", "Reminderpi"]] == [
-        "MessageApi", "BaseApi", "ReminderApi", "ReminderApi"]
-    with pytest.raises(ValueError, match="'Travel'"):
-        canonical_class("Travel", classes, "t")
+    truth = [{"MessageApi": {"inbox": {}}}, {"ReminderAPI": {"reminder_list": {}}}, {"BaseAPI": {"wifi": True}}]
+    with caplog.at_level(logging.WARNING, logger="toolrl.envs.acebench"):
+        assert merged_ground_truth(truth, classes, "t") == {"MessageApi": {"inbox": {}}}
+    assert {"ReminderAPI", "BaseAPI"} <= {w for r in caplog.records for w in r.getMessage().replace("'", " ").split()}
 
 
 def test_incomplete_checkout(tmp_path):
@@ -317,9 +316,9 @@ def test_correct_calls_pass_and_wrong_ones_fail(checkout):
     task = tasks["agent_multi_step_1"]  # its ground truth spells ReminderAPI and BaseAPI
     gym = dict(title="Gym", description="leg day", time="2024-07-16 18:00")
     assert play(task, [call("login_device"), call("add_reminder", **gym), "Done."]).success
-    # the misspelled class is checked, not skipped: a wrong reminder fails
+    # the misspelled classes are not checked, as in ACEBench: a wrong reminder passes too
     wrong = call("add_reminder", **{**gym, "time": "2024-07-16 19:00"})
-    assert not play(task, [call("login_device"), wrong, "Done."]).success
+    assert play(task, [call("login_device"), wrong, "Done."]).success
 
 
 def test_only_documented_calls_with_fitting_arguments_run(checkout):

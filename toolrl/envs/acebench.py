@@ -24,17 +24,18 @@ own wifi/logged_in flags); a call goes to every involved instance that has the m
 nothing is evaluated: a call is looked up by name in a table built from the task's docs, and
 its arguments are checked against the doc first.
 
-Scoring is by end state, as `model_eval/checker.py::agent_checker` does, with two differences:
-a misspelled class key of the ground truth (`ReminderAPI`, `Reminderpi`, `BaseAPI`) is mapped
-to the involved class it means, where ACEBench finds no snapshot for it and silently skips the
-class; and a dict attribute (an inbox, a reminder list) must equal the expected one, where
-ACEBench checks only the keys the ground truth lists (so an extra message would pass there).
+Scoring is by end state, as `model_eval/checker.py::agent_checker` does. A ground-truth class key
+that names no involved class (`ReminderAPI`, `Reminderpi`, `BaseAPI`) is not checked, as in
+ACEBench, with a warning: checked, the reminder lists of multi_step 0 and 1 under `ReminderAPI`
+cannot be reached with the tools given (verified on the real data: they renumber a built-in
+reminder), so mapping the keys would make those tasks unpassable. One difference: a dict
+attribute (an inbox, a reminder list) must equal the expected one, where ACEBench checks only the
+keys the ground truth lists (so an extra message would pass there).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import hashlib
 import importlib.util
@@ -155,29 +156,18 @@ def _class_file(root: Path, category: str, cls: str, where: str) -> Path:
 
 
 def merged_ground_truth(ground_truth: list[dict[str, Any]], classes: list[str], task_id: str) -> dict[str, Any]:
-    """The possible answer's per-class entries as one {class: {attribute: value}}.
-
-    A class key is matched to the involved class it means: exactly, else case-insensitively
-    (`BaseAPI`), else by the closest name (`Reminderpi`). ACEBench's checker instead finds no
-    snapshot with a misspelled key and skips that class unchecked, which scores a wrong end
-    state as right."""
+    """The possible answer's per-class entries as one {class: {attribute: value}}; a key that
+    names no involved class is left out, as ACEBench's checker leaves it (see the module
+    docstring), and named in a warning."""
     merged: dict[str, dict[str, Any]] = {}
     for entry in ground_truth:
         for key, attributes in entry.items():
-            merged.setdefault(canonical_class(key, classes, task_id), {}).update(attributes)
+            if key in classes:
+                merged.setdefault(key, {}).update(attributes)
+            else:
+                log.warning("%s: the possible answer's class '%s' is none of %s; not checked, as in ACEBench",
+                            task_id, key, classes)
     return merged
-
-
-def canonical_class(key: str, classes: list[str], task_id: str) -> str:
-    """The involved class a ground-truth key names (see `merged_ground_truth`)."""
-    if key in classes:
-        return key
-    lower = {c.lower(): c for c in classes}
-    close = difflib.get_close_matches(key.lower(), list(lower), n=1, cutoff=0.6)
-    if close:
-        return lower[close[0]]
-    raise ValueError(f"{task_id}: the ground truth names the class '{key}', which matches none of the "
-                     f"involved classes {classes}")
 
 
 # --- the environment --------------------------------------------------------------------------
