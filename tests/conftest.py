@@ -44,16 +44,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE_ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
-def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:
-    """Run the workflow over `config.yaml` + `configfiles` in the folder `work` on 2 cores; return
-    the sweep's results folder and Snakemake's output, or fail the test with Snakemake's error and
-    every job log."""
-    shutil.copytree(ROOT / "workflow", work / "workflow", dirs_exist_ok=True)
-    p = subprocess.run(
+def snakemake(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores", "2")) -> subprocess.CompletedProcess:
+    """The workflow over `config.yaml` + `configfiles`, in the folder `work`."""
+    return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), "--cores", "2"],
+         "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args],
         capture_output=True, text=True, env=SNAKEMAKE_ENV, timeout=1500,
     )
+
+
+def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:
+    """Run the workflow in the folder `work` on 2 cores; return the sweep's results folder and
+    Snakemake's output, or fail the test with Snakemake's error and every job log."""
+    shutil.copytree(ROOT / "workflow", work / "workflow", dirs_exist_ok=True)
+    p = snakemake(work, *configfiles)
     if p.returncode != 0:
         logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
         pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")

@@ -11,7 +11,7 @@ import json
 import math
 
 import pytest
-from conftest import ROOT, run_sweep
+from conftest import ROOT, run_sweep, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +83,17 @@ def test_mlflow_holds_every_run(sweep):
         assert {"id/success", "format_ood/success", "content_ood/success", "train/reward"} <= set(run.data.metrics)
     assert not client.search_runs(["0"])  # nothing misfiled under Default
     assert "mlflow ui --backend-store-uri" in out
+
+
+def test_snakemake_report_holds_the_tables_and_plots(sweep):
+    """`snakemake --report` on the finished sweep: one self-contained HTML file with every
+    output marked `report(...)` in the rules and its caption from workflow/report/."""
+    d, _ = sweep
+    out = d / "report.html"
+    p = snakemake(d.parents[1], ROOT / "config/smoke.yaml", args=("--report", str(out)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    html = out.read_text()
+    for name in ("main.md", "categories.md", "success.png", "curves.png"):
+        assert name in html
+    assert "restored" in html  # a caption made it in (main_table.rst)
+    assert out.stat().st_size > 100_000
