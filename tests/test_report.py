@@ -500,3 +500,160 @@ def test_category_table_per_split_with_average(sweep):
     assert rows[("base", "id", "average")]["n"] == "1"
     md = (sweep / "tables" / "categories.md").read_text()
     assert "| group | a | b | average |" in md and "**content_ood**" in md
+
+
+# --------------------------------------------------------------------------- rliable statistics, paper tables, figures
+
+
+def _with_categories(sweep: Path) -> None:
+    """Tasks 0–31 are category `a`, 32–63 `b` (see test_category_table_per_split_with_average)."""
+    for path in sweep.rglob("eval/*.json"):
+        doc = json.loads(path.read_text())
+        for i, t in enumerate(doc["tasks"]):
+            t["domain"] = "a" if i < 32 else "b"
+        path.write_text(json.dumps(doc))
+
+
+def test_iqm_and_probability_of_improvement_use_seed_by_category_scores(sweep):
+    from toolrl.stats import iqm, probability_of_improvement
+
+    _with_categories(sweep)
+    summary = aggregate(sweep, BASELINE, n_resamples=200)
+    groups = {g["name"]: g for g in summary["groups"]}
+
+    def scores(rates):  # a = min(1, 2r), b = max(0, 2r − 1), per seed
+        return [[min(1.0, round(r * 64) / 32), max(0.0, (round(r * 64) - 32) / 32)] for r in rates]
+
+    sft, none = scores(RATES[("sft", "rl")]["id"]), scores(RATES[("none", "rl")]["id"])
+    st = groups["sft/rl/lr=1e-4"]["splits"]["id"]
+    assert st["iqm"] == pytest.approx(iqm(sft))
+    assert st["iqm_ci_low"] <= st["iqm"] <= st["iqm_ci_high"]
+    comp = groups["sft/rl/lr=1e-4"]["comparison"]["id"]
+    assert comp["poi"] == pytest.approx(probability_of_improvement(sft, none)["poi"])
+    # Category a is 1.0 for every seed of both groups (a tie: ½); b separates them completely (1).
+    assert comp["poi"] == pytest.approx(0.75)
+    assert comp["hedges_g"] == pytest.approx(4.8)  # 0.85±0.05 vs 0.55±0.05: d = 6, J = 0.8
+
+
+def test_effects_table(aggregated):
+    sweep, _ = aggregated
+    md = (sweep / "tables" / "effects.md").read_text()
+    id_part = md.split("**id**")[1].split("**format_ood**")[0]
+    rows = _table_rows(id_part)
+    sft = rows["sft/rl/lr=1e-4"]
+    main = _table_rows((sweep / "tables" / "main.md").read_text())
+    assert sft[1] == "3" and sft[2] == main["sft/rl/lr=1e-4"][2]  # the same mean and CI as the main table
+    assert sft[4] == "+30.0" and sft[5] == "+4.80"
+    assert sft[6] == "100.0 [100.0, 100.0]"  # every sft seed beats every baseline seed
+    assert rows["none/rl/lr=1e-4"][4:] == ["—"] * 5 and rows["base"][4:] == ["—"] * 5
+    fmt = _table_rows(md.split("**format_ood**")[1].split("**content_ood**")[0])
+    assert fmt["sft/rl/lr=1e-4"][5] == "n/a" and fmt["sft/rl/lr=1e-4"][6].startswith("50.0")
+
+
+def _grid_sweep(d: Path) -> None:
+    """Two schemes × two learning rates for `sft`, one cell for `none`: the pivots' shape."""
+    rates = {"id": [0.5, 0.6, 0.7], "format_ood": [0.1, 0.2, 0.3], "content_ood": [0.2, 0.2, 0.4]}
+    for signal, scheme, lr, bump in [("none", "rl", 1e-4, 0.0), ("sft", "rl", 1e-4, 0.1), ("sft", "rl", 1e-3, -0.3),
+                                     ("sft", "synchronous", 1e-4, 0.2)]:
+        lr_dir = f"{lr:.0e}".replace("e-0", "e-")
+        for split, values in rates.items():
+            for seed, rate in enumerate(values):
+                cell = {"signal": signal, "scheme": scheme, "lr": lr, "seed": seed}
+                path = _run_dir(d, signal, scheme, seed, lr_dir) / "eval" / f"{split}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(_eval_doc(cell, split, max(0.0, rate + bump))))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, dict]:
+    d = tmp_path_factory.mktemp("grid")
+    _grid_sweep(d)
+    return d, aggregate(d, BASELINE, n_resamples=200, correction="bh", paper="hao2026-qwen2.5-1.5b")
+
+
+def test_schemes_table_pivots_schemes_into_columns(grid):
+    sweep, _ = grid
+    md = (sweep / "tables" / "schemes.md").read_text()
+    id_rows = [r for r in md.split("**id**")[1].split("**format_ood**")[0].splitlines() if r.startswith("| ")]
+    assert id_rows[0] == "| signal | lr | rl | synchronous |"
+    cells = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): [c.strip() for c in r.strip("|").split("|")[2:]]
+             for r in id_rows[1:]}
+    assert [c.split(" [")[0] for c in cells[("sft", "1e-4")]] == ["70.0", "80.0"]
+    assert cells[("sft", "1e-3")][1] == "—" and cells[("none", "1e-4")][1] == "—"
+    rows = list(csv.DictReader((sweep / "tables" / "schemes.csv").open()))
+    sft = next(r for r in rows if r["signal"] == "sft" and r["lr"] == "0.0001")
+    assert float(sft["id synchronous"]) == pytest.approx(0.8) and sft["id synchronous n"] == "3"
+    assert float(sft["id synchronous ci_low"]) <= 0.8 <= float(sft["id synchronous ci_high"])
+
+
+def test_lr_table_pivots_learning_rates_with_collapse(grid):
+    sweep, _ = grid
+    md = (sweep / "tables" / "lr.md").read_text()
+    assert "| signal | scheme | 1e-4 | 1e-3 |" in md  # columns in increasing learning rate
+    rows = [[c.strip() for c in r.strip("|").split("|")]
+            for r in md.split("**id**")[1].split("**format_ood**")[0].splitlines() if r.startswith("| ")][1:]
+    by = {(r[0], r[1]): [c.split(" [")[0] for c in r[2:]] for r in rows}
+    assert by[("sft", "rl")] == ["70.0", "30.0"]  # 0.5…0.7 shifted by +0.1 and −0.3
+    assert by[("sft", "synchronous")] == ["80.0", "—"] and by[("none", "rl")] == ["60.0", "—"]
+    collapsed = md.split("**collapsed**")[1]
+    assert "| sft | rl | n/a | n/a |" in collapsed  # no training logs in this sweep
+
+
+@pytest.mark.parametrize("name", ["main", "schemes", "lr"])
+def test_latex_tables_are_balanced_booktabs(grid, name):
+    sweep, _ = grid
+    tex = (sweep / "tables" / f"{name}.tex").read_text()
+    assert tex.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}")
+    assert tex.count("{") == tex.count("}") and r"\toprule" in tex and r"\bottomrule" in tex
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    header = tex.split(r"\toprule")[1].split(r"\midrule")[0].strip().splitlines()[-1]
+    n_cols = header.count("&") + 1
+    assert all(line.count("&") + 1 == n_cols for line in body.strip().splitlines())
+    assert r"\textbf{" in body and "$\\pm$" in body
+
+
+def test_pivot_latex_bolds_the_best_per_column(grid):
+    sweep, _ = grid
+    tex = (sweep / "tables" / "schemes.tex").read_text()
+    assert r"\multicolumn{2}{c}{id}" in tex and r"\cmidrule(lr){3-4}" in tex
+    sft = next(line for line in tex.splitlines() if line.startswith("sft & 1e-4"))
+    assert sft.split(" & ")[2].startswith(r"\textbf{70.0}") and sft.split(" & ")[3].startswith(r"\textbf{80.0}")
+
+
+def test_paper_numbers_sit_beside_ours(grid):
+    sweep, summary = grid
+    md = (sweep / "tables" / "main.md").read_text()
+    rows = _table_rows(md)
+    assert rows["none/rl/lr=1e-4"][-1] == "3.50"
+    assert rows["sft/rl/lr=1e-4"][-1] == "—"
+    assert "Hao et al. (2026)" in md
+    assert r"Paper" in (sweep / "tables" / "main.tex").read_text()
+    none_id = next(r for r in csv.DictReader((sweep / "tables" / "main.csv").open())
+                   if r["group"] == "none/rl/lr=1e-4" and r["split"] == "id")
+    assert none_id["paper"] == "3.5"
+    paper = {g["name"]: g["paper"] for g in summary["groups"]}
+    assert paper["none/rl/lr=1e-4"] == {"recipe": "vanilla RL (GRPO)", "score": 3.5, "split": "id",
+                                        "source": "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"}
+    assert paper["sft/synchronous/lr=1e-4"] is None
+
+
+def test_benjamini_hochberg_correction_applies(grid):
+    _, summary = grid
+    from toolrl.stats import benjamini_hochberg
+
+    compared = [g for g in summary["groups"] if g["comparison"]]
+    raw = [g["comparison"]["id"]["welch_p"] for g in compared]
+    assert [g["comparison"]["id"]["welch_p_adj"] for g in compared] == pytest.approx(benjamini_hochberg(raw))
+    assert "Benjamini–Hochberg-corrected" in (grid[0] / "tables" / "main.md").read_text()
+
+
+def test_unknown_paper_reference_raises(sweep):
+    with pytest.raises(ValueError, match="unknown paper reference 'hao2099'"):
+        aggregate(sweep, BASELINE, paper="hao2099")
+
+
+@pytest.mark.parametrize("name", ["success", "curves", "lr", "profiles"])
+def test_every_figure_in_png_and_pdf(grid, name):
+    sweep, _ = grid
+    assert (sweep / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep / "plots" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"

@@ -17,6 +17,7 @@ from toolrl.stats import (
     holm,
     iqm,
     iqm_interval,
+    performance_profile,
     probability_of_improvement,
     summarize,
 )
@@ -391,3 +392,17 @@ def test_probability_of_improvement_matches_rliable():
     r = probability_of_improvement(RLIABLE_X, RLIABLE_Y, n_resamples=20000)
     assert r["poi"] == pytest.approx(0.9083333333333332, abs=1e-12)
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((0.7666666666666666, 1.0), abs=0.02)
+
+
+def test_performance_profile_counts_scores_above_each_threshold():
+    m = [[0.1, 0.5], [0.9, 0.3], [0.5, 0.7]]
+    r = performance_profile(m, [0.0, 0.4, 0.5, 1.0], n_resamples=500)
+    assert r["fraction"] == pytest.approx([1.0, 4 / 6, 2 / 6, 0.0])
+    assert np.all(r["ci_low"] <= r["fraction"]) and np.all(r["fraction"] <= r["ci_high"])
+    assert r["ci_low"][0] == r["ci_high"][0] == 1.0  # every score beats 0: nothing to vary
+    assert r["ci_low"][1] < r["ci_high"][1]
+
+
+def test_performance_profile_single_run_is_its_point():
+    r = performance_profile([[0.2, 0.8]], [0.5])
+    assert r["fraction"] == r["ci_low"] == r["ci_high"] == pytest.approx([0.5])

@@ -34,8 +34,14 @@ def test_table_has_every_cell_with_finite_intervals(sweep):
     for r in rows:
         assert math.isfinite(float(r["ci_low"])) and math.isfinite(float(r["ci_high"]))
         assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
-    assert (d / "plots" / "success.png").stat().st_size > 1000
-    assert (d / "plots" / "curves.png").stat().st_size > 1000
+    for name in ("success", "curves", "lr", "profiles"):
+        assert (d / "plots" / f"{name}.png").stat().st_size > 1000
+        assert (d / "plots" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    for name in ("schemes", "lr"):
+        for ext in ("md", "csv", "tex"):
+            assert (d / "tables" / f"{name}.{ext}").stat().st_size > 100
+    effects = (d / "tables" / "effects.md").read_text()
+    assert "| ops/rl/lr=1e-3 |" in effects and "P(>baseline)" in effects
 
 
 def test_train_logs_carry_the_diagnostics(sweep):
@@ -93,7 +99,8 @@ def test_snakemake_report_holds_the_tables_and_plots(sweep):
     p = snakemake(d.parents[1], ROOT / "config/smoke.yaml", args=("--report", str(out)))
     assert p.returncode == 0, p.stderr[-3000:]
     html = out.read_text()
-    for name in ("main.md", "categories.md", "success.png", "curves.png"):
+    for name in ("main.md", "effects.md", "schemes.md", "lr.md", "categories.md", "success.png", "curves.png",
+                 "lr.png", "profiles.png"):
         assert name in html
     assert "restored" in html  # a caption made it in (main_table.rst)
     assert out.stat().st_size > 100_000

@@ -166,6 +166,33 @@ def probability_of_improvement(x: Sequence[Sequence[float]] | np.ndarray, y: Seq
     return {"poi": point, "ci_low": low, "ci_high": high}
 
 
+def performance_profile(scores: Sequence[Sequence[float]] | np.ndarray, thresholds: Sequence[float] | np.ndarray,
+                        confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Score distribution: the fraction of run × task scores above each threshold τ (rliable's
+    performance profile), with a stratified-bootstrap percentile band.
+
+    A profile shows the whole distribution, so a recipe that is excellent on one category and
+    broken on another is not averaged into a mediocre number; one curve above another everywhere
+    is stochastic dominance.
+    """
+    m = _score_matrix(scores, "scores")
+    taus = np.asarray(thresholds, dtype=float)
+
+    def stat(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
+        x = np.concatenate(cols, axis=axis)
+        # scipy expects the resample axis last in a vector-valued statistic's output.
+        return np.moveaxis((x[..., None] > taus).mean(axis=-2), -1, 0)
+
+    point = stat(*m.T)
+    columns = list(m.T)
+    if any(c.size < 2 for c in columns) or all(np.ptp(c) == 0.0 for c in columns):
+        return {"fraction": point, "ci_low": point.copy(), "ci_high": point.copy()}
+    res = sps.bootstrap(tuple(columns), stat, vectorized=True, paired=False, method="percentile",
+                        confidence_level=confidence, n_resamples=n_resamples, rng=np.random.default_rng(seed))
+    return {"fraction": point, "ci_low": np.minimum(res.confidence_interval.low, point),
+            "ci_high": np.maximum(res.confidence_interval.high, point)}
+
+
 def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Standardised mean difference of `a` over `b` with Hedges' small-sample correction.
 
@@ -276,4 +303,4 @@ def adjust(pvalues: Sequence[float | None], method: str) -> list[float | None]:
 
 
 __all__ = ["CORRECTIONS", "adjust", "benjamini_hochberg", "bonferroni", "compare", "hedges_g", "holm", "iqm",
-           "iqm_interval", "probability_of_improvement", "summarize"]
+           "iqm_interval", "performance_profile", "probability_of_improvement", "summarize"]

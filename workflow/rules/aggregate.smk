@@ -1,7 +1,8 @@
 rule aggregate:
-    """Mean ± bootstrap CI over seeds per cell and split (and the restoration probe), tests against the
-    baseline, the collapse detector over each run's train log, tables and plots; every evaluation's
-    numbers go to its run in MLflow."""
+    """Mean ± bootstrap CI over seeds per cell and split (and the restoration probe), IQM and probability
+    of improvement with stratified-bootstrap CIs, tests and effect sizes against the baseline, the
+    collapse detector over each run's train log; the paper's tables (main, schemes, learning rates,
+    categories) and figures (PNG and PDF); every evaluation's numbers go to its run in MLflow."""
     input:
         experiment=rules.mlflow_init.output,
         cells=expand("{run}/eval/{split}.json", run=RUN_DIRS, split=SPLITS),
@@ -13,10 +14,20 @@ rule aggregate:
         table=report(f"{SWEEP}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
         csv=f"{SWEEP}/tables/main.csv",
         tex=f"{SWEEP}/tables/main.tex",
+        effects=report(f"{SWEEP}/tables/effects.md", caption="../report/effects_table.rst", category="Tables"),
+        schemes=report(f"{SWEEP}/tables/schemes.md", caption="../report/schemes_table.rst", category="Tables"),
+        schemes_csv=f"{SWEEP}/tables/schemes.csv",
+        schemes_tex=f"{SWEEP}/tables/schemes.tex",
+        lr=report(f"{SWEEP}/tables/lr.md", caption="../report/lr_table.rst", category="Tables"),
+        lr_csv=f"{SWEEP}/tables/lr.csv",
+        lr_tex=f"{SWEEP}/tables/lr.tex",
         categories=report(f"{SWEEP}/tables/categories.md", caption="../report/category_table.rst", category="Tables"),
         categories_csv=f"{SWEEP}/tables/categories.csv",
         plot=report(f"{SWEEP}/plots/success.png", caption="../report/success_plot.rst", category="Figures"),
         curves=report(f"{SWEEP}/plots/curves.png", caption="../report/curves_plot.rst", category="Figures"),
+        lr_plot=report(f"{SWEEP}/plots/lr.png", caption="../report/lr_plot.rst", category="Figures"),
+        profiles=report(f"{SWEEP}/plots/profiles.png", caption="../report/profiles_plot.rst", category="Figures"),
+        pdfs=expand(f"{SWEEP}/plots/{{name}}.pdf", name=["success", "curves", "lr", "profiles"]),
         summary=f"{SWEEP}/summary.json",
     params:
         config=RESOLVED,
