@@ -44,7 +44,16 @@ BAD = [
     ({"sweep": {"learning_rates": [-1e-4]}}, "sweep.learning_rates"),
     ({"sweep": {"seeds": []}}, "sweep.seeds"),
     ({"sweep": {"signals": []}}, "sweep.signals"),
+    ({"aggregate": {"correction": "fdr"}}, "aggregate.correction"),
+    ({"aggregate": {"paper": "hao2099"}}, "aggregate.paper"),
 ]
+
+
+def test_schema_lists_every_published_reference():
+    from toolrl.paper import PUBLISHED
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert schema["properties"]["aggregate"]["properties"]["paper"]["enum"] == [None, *PUBLISHED]
 
 
 @pytest.mark.parametrize("override,key", BAD)
@@ -104,6 +113,16 @@ def test_section_hash_tracks_only_its_sections():
     b = load(ROOT / "config.yaml", {"aggregate": {"n_resamples": 999}})
     assert section_hash(a, "rl", "sft") == section_hash(b, "rl", "sft")
     assert section_hash(a, "aggregate") != section_hash(b, "aggregate")
+
+
+def test_mlflow_init_hash_ignores_log_models_and_kept_its_old_value():
+    """Switching model logging must not recreate the experiment (which reruns the whole DAG), and
+    sweeps started before `log_models` existed must keep their hash (5266a5e599c9 at 020566d)."""
+    a = load(ROOT / "config.yaml")
+    on = load(ROOT / "config.yaml", {"mlflow": {"log_models": True}})
+    server = load(ROOT / "config.yaml", {"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
+    h = [section_hash(c, "mlflow", exclude=("mlflow.log_models",)) for c in (a, on, server)]
+    assert h[0] == h[1] == "5266a5e599c9" != h[2]
 
 
 def test_command_line_strings_are_read_as_scalars():

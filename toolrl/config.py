@@ -324,7 +324,9 @@ class RolloutConfig:
 class AggregateConfig:
     confidence: float = 0.95
     n_resamples: int = 2000
-    correction: str = "holm"
+    correction: str = "holm"  # holm | bonferroni | bh (Benjamini–Hochberg) | none
+    # A key of toolrl.paper.PUBLISHED: the paper's numbers beside ours in tables/main.* (None: none).
+    paper: Optional[str] = None
 
 
 @dataclass
@@ -332,6 +334,8 @@ class MLflowConfig:
     # None: a sqlite store under results/<sweep>/mlflow.db.
     tracking_uri: Optional[str] = None
     experiment: Optional[str] = None
+    # Also log each trained model (and the base model) as run artifacts: off by default, they are large.
+    log_models: bool = False
 
 
 @dataclass
@@ -346,6 +350,12 @@ class ResourcesConfig:
     warmup_threads: int = 2
     train_mem_mb: int = 4000
     eval_mem_mb: int = 2000
+    # GPUs per warm-up, train and evaluate job (Snakemake's `gpu` resource, which the Slurm
+    # executor turns into `--gpus=N`); 0 for the CPU default. Wall-time limits in minutes
+    # (Snakemake's `runtime`, Slurm's `-t`); a local run ignores them.
+    gpus: int = 0
+    train_runtime: int = 60
+    eval_runtime: int = 30
 
 
 @dataclass
@@ -477,8 +487,11 @@ def validate(cfg: Config) -> None:
         ("aggregate.n_resamples", cfg.aggregate.n_resamples),
         ("resources.threads", cfg.resources.threads),
         ("resources.warmup_threads", cfg.resources.warmup_threads),
+        ("resources.train_runtime", cfg.resources.train_runtime),
+        ("resources.eval_runtime", cfg.resources.eval_runtime),
     ):
         _check(val > 0, key, f"must be > 0, got {val}")
+    _check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
     _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
            f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
     _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
@@ -489,8 +502,12 @@ def validate(cfg: Config) -> None:
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
         _check(lr > 0, key, f"learning rate {lr} must be > 0")
     _check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
-    _check(cfg.aggregate.correction in ("holm", "bonferroni", "none"), "aggregate.correction",
-           "choose from holm, bonferroni, none")
+    from toolrl.paper import PUBLISHED
+    from toolrl.stats import CORRECTIONS
+
+    _check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
+    _check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",
+           f"unknown '{cfg.aggregate.paper}' (choose from {', '.join(PUBLISHED)}, or null)")
     if cfg.model.name_or_path is not None:
         p = Path(cfg.model.name_or_path)
         looks_local = (cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()) and not cfg.model.name_or_path.startswith("pypi:")
@@ -634,11 +651,16 @@ def sections(cfg: Config, *paths: str) -> dict[str, Any]:
     return out
 
 
-def section_hash(cfg: Config, *paths: str) -> str:
+def section_hash(cfg: Config, *paths: str, exclude: tuple[str, ...] = ()) -> str:
     """A hash of some config sections (dotted paths reach inside one), for Snakemake `params`: a
     job reruns when a section it reads changes, and only then (a changed plot setting does not
-    retrain anything)."""
-    blob = json.dumps(sections(cfg, *paths), sort_keys=True).encode()
+    retrain anything). `exclude` drops keys inside those sections (`mlflow.log_models`) that the
+    job's output does not depend on."""
+    data = sections(cfg, *paths)
+    for path in exclude:
+        head, _, last = path.rpartition(".")
+        data[head].pop(last)
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

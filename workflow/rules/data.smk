@@ -39,7 +39,9 @@ rule mlflow_init:
         f"{SWEEP}/mlflow/experiment.json",
     params:
         config=RESOLVED,
-        mlflow=section_hash(CFG, "mlflow"),
+        # log_models is read by the jobs that log models; switching it must not recreate the
+        # experiment (and with it rerun every job downstream).
+        mlflow=section_hash(CFG, "mlflow", exclude=("mlflow.log_models",)),
     log:
         f"{SWEEP}/logs/mlflow_init.log",
     conda:
