@@ -12,6 +12,8 @@ rule evaluate:
     threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.eval_mem_mb,
+        runtime=CFG.resources.eval_runtime,
+        gpu=CFG.resources.gpus,
     log:
         f"{SWEEP}/logs/eval/{CELL}/{{split}}.log",
     conda:
@@ -37,6 +39,8 @@ rule evaluate_base:
     threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.eval_mem_mb,
+        runtime=CFG.resources.eval_runtime,
+        gpu=CFG.resources.gpus,
     log:
         f"{SWEEP}/logs/eval/base/{{split}}.log",
     conda:

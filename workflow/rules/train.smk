@@ -15,6 +15,8 @@ rule warmup:
     threads: CFG.resources.warmup_threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,
+        runtime=CFG.resources.train_runtime,
+        gpu=CFG.resources.gpus,
     log:
         f"{SWEEP}/logs/warmup.log",
     conda:
@@ -42,6 +44,8 @@ rule train:
     threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,
+        runtime=CFG.resources.train_runtime,
+        gpu=CFG.resources.gpus,
     log:
         f"{SWEEP}/logs/train/{CELL}.log",
     conda:
