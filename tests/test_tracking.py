@@ -15,8 +15,10 @@ from toolrl.tracking import (
     AUTO_FLUSH_METRICS,
     RunLogger,
     TrackingError,
+    compare_url,
     default_tracking_uri,
     init_store,
+    is_server_uri,
     read_experiment,
     ui_command,
 )
@@ -43,6 +45,16 @@ def test_default_uri_and_ui_command(tmp_path: Path) -> None:
     assert uri.startswith("sqlite:////")
     assert ui_command(uri) == f"mlflow ui --backend-store-uri {uri}"
     assert ui_command("sqlite:////a b/mlflow.db") == "mlflow ui --backend-store-uri 'sqlite:////a b/mlflow.db'"
+
+
+def test_server_uris_and_the_compare_view() -> None:
+    assert is_server_uri("http://127.0.0.1:5000") and is_server_uri("HTTPS://mlflow.example.org/")
+    assert not is_server_uri("sqlite:////x/mlflow.db") and not is_server_uri("postgresql://u@db/mlflow")
+    assert ui_command("http://127.0.0.1:5000") == "http://127.0.0.1:5000"  # a server's UI is its address
+    # The UI's route (mlflow 3.x bundle): JSON lists of run ids and experiment ids after the hash.
+    assert compare_url("http://h:5000/", "3", ["a1", "b2"]) == (
+        "http://h:5000/#/compare-runs?runs=%5B%22a1%22%2C%22b2%22%5D&experiments=%5B%223%22%5D"
+    )
 
 
 def test_init_store_is_idempotent(store: dict[str, Any]) -> None:
@@ -76,12 +88,14 @@ def test_run_logger_round_trip(store: dict[str, Any], tmp_path: Path, caplog: py
     params = {"lr": 1e-5, "model": {"name": "qwen", "lora": {"rank": 16}}, "long": "x" * 7000}
     artifact = tmp_path / "notes.txt"
     artifact.write_text("hello")
-    with caplog.at_level(logging.WARNING, logger="toolrl.tracking"):
-        with RunLogger(store["uri"], store["experiment_id"], "train-a", {"signal": "sft"}, params) as run:
-            for step in range(5):
-                run.log_metrics({"loss": 1.0 / (step + 1), "reward": float(step)}, step=step)
-            run.log_metrics({"loss": math.nan, "reward": math.inf, "ok": 3.0}, step=5)
-            run.log_artifact(artifact)
+    with (
+        caplog.at_level(logging.WARNING, logger="toolrl.tracking"),
+        RunLogger(store["uri"], store["experiment_id"], "train-a", {"signal": "sft"}, params) as run,
+    ):
+        for step in range(5):
+            run.log_metrics({"loss": 1.0 / (step + 1), "reward": float(step)}, step=step)
+        run.log_metrics({"loss": math.nan, "reward": math.inf, "ok": 3.0}, step=5)
+        run.log_artifact(artifact)
     assert "loss=nan" in caplog.text and "reward=inf" in caplog.text
     assert "param long truncated" in caplog.text
 
@@ -116,10 +130,12 @@ def test_auto_flush(store: dict[str, Any]) -> None:
 
 
 def test_failure_marks_new_run_failed(store: dict[str, Any]) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with RunLogger(store["uri"], store["experiment_id"], "crash", {}, {}) as run:
-            run.log_metrics({"loss": 1.0}, step=0)
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        RunLogger(store["uri"], store["experiment_id"], "crash", {}, {}) as run,
+    ):
+        run.log_metrics({"loss": 1.0}, step=0)
+        raise RuntimeError("boom")
     client = MlflowClient(store["uri"])
     assert client.get_run(run.run_id).info.status == "FAILED"
     assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [1.0]
@@ -134,10 +150,12 @@ def test_resume_adds_to_the_same_run(store: dict[str, Any]) -> None:
     with RunLogger(uri, experiment_id, "eval-b", {"eval": "id"}, eval_params, run_id=train.run_id) as ev:
         assert ev.run_id == train.run_id
         ev.log_metrics({"eval/id/accuracy": 0.75}, step=10)
-    with pytest.raises(ValueError, match="eval failed"):
-        with RunLogger(uri, experiment_id, "eval-b", {}, {}, run_id=train.run_id) as ev:
-            ev.log_metrics({"eval/ood/accuracy": 0.25}, step=10)
-            raise ValueError("eval failed")
+    with (
+        pytest.raises(ValueError, match="eval failed"),
+        RunLogger(uri, experiment_id, "eval-b", {}, {}, run_id=train.run_id) as ev,
+    ):
+        ev.log_metrics({"eval/ood/accuracy": 0.25}, step=10)
+        raise ValueError("eval failed")
 
     client = MlflowClient(uri)
     got = client.get_run(train.run_id)

@@ -13,7 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolrl.config import SPLITS, Cell, Config, ConfigError, cell_sections, config_hash, grid, load, sections
+from toolrl.config import (
+    SPLITS,
+    Cell,
+    Config,
+    ConfigError,
+    cell_sections,
+    config_hash,
+    grid,
+    load,
+    sections,
+)
 from toolrl.io import read_json, write_json, write_jsonl
 
 log = logging.getLogger("toolrl")
@@ -51,7 +61,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_convert_model(args: argparse.Namespace) -> None:
-    from toolrl import gguf, model as models
+    from toolrl import gguf
+    from toolrl import model as models
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -70,7 +81,8 @@ def cmd_mlflow_init(args: argparse.Namespace) -> None:
 
 
 def cmd_warmup(args: argparse.Namespace) -> None:
-    from toolrl import model as models, warmup
+    from toolrl import model as models
+    from toolrl import warmup
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -82,6 +94,8 @@ def cmd_warmup(args: argparse.Namespace) -> None:
             run.log_metrics({"warmup/loss": point["loss"]}, step=point["step"])
         for point in report["curve"]:
             run.log_metrics({"warmup/id_success": point["id_success"]}, step=point["step"])
+        if cfg.mlflow.log_models:
+            run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
     write_json(out / "warmup.json", report)
     if report["curve"]:
@@ -94,7 +108,8 @@ def _cell(args: argparse.Namespace) -> Cell:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from toolrl import model as models, train
+    from toolrl import model as models
+    from toolrl import train
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -110,13 +125,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params) as run:
         for row in rows:
             run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
+        if cfg.mlflow.log_models:  # off by default: a model is large, the metrics are what is compared
+            run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
     write_jsonl(out / "train_log.jsonl", rows)
     write_json(out / "run.json", {"cell": cell.__dict__, **report})
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from toolrl import evaluate, model as models
+    from toolrl import evaluate
+    from toolrl import model as models
     from toolrl.data import read_tasks
 
     models.set_threads(args.threads)
@@ -138,7 +156,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     cfg = _config(args)
     a = cfg.aggregate
     summary = report.aggregate(cfg.sweep_dir, cfg.sweep.baseline.__dict__, SPLITS, a.confidence, a.n_resamples,
-                               a.correction, seed=cfg.world.seed, diagnostics=cfg.diagnostics)
+                               a.correction, seed=cfg.world.seed, diagnostics=cfg.diagnostics, paper=a.paper)
     exp = tracking.read_experiment(Path(args.experiment))
     _log_evaluations(cfg, Path(args.experiment))
     for g in summary["groups"]:
