@@ -1,5 +1,6 @@
 # toolrl: supervisory signals × training schemes × learning rates × seeds → train → evaluate ×3 →
 # aggregate. Every rule is one `python -m toolrl <stage>` line; the logic lives in the package.
+import functools
 from pathlib import Path
 
 import yaml
@@ -42,6 +43,16 @@ if not RESOLVED.exists() or RESOLVED.read_text() != _resolved_text:
     write_text(RESOLVED, _resolved_text)
 
 CELLS = grid(CFG)
+
+
+@functools.cache
+def train_stage(signal: str, scheme: str) -> str:
+    """The config hash of a train job's sections, once per signal × scheme pair: hashing converts
+    the whole config to plain data (~70 ms), which for every job of a 150-cell grid was most of
+    `snakemake -n`."""
+    return section_hash(CFG, *cell_sections(signal, scheme))
+
+
 # A GGUF model is converted once (rule convert_model) and the warm-up starts from the result.
 PRETRAINED = [f"{SWEEP}/pretrained"] if is_gguf(CFG.model.name_or_path) else []
 CELL = "signal={signal}/scheme={scheme}/lr={lr}/seed={seed}"

@@ -38,7 +38,7 @@ rule train:
         run=f"{SWEEP}/runs/{CELL}/run.json",
     params:
         config=RESOLVED,
-        stage=lambda w: section_hash(CFG, *cell_sections(w.signal, w.scheme)),
+        stage=lambda w: train_stage(w.signal, w.scheme),
         data=f"{SWEEP}/data",
         out=f"{SWEEP}/runs/{CELL}",
     threads: CFG.resources.threads
