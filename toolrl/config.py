@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -426,6 +427,17 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
+def _writable(path: Path) -> bool:
+    """Whether `path` is a writable folder or can be made one: found here rather than hours later,
+    when the first job of a sweep tries to write its output."""
+    path = path.expanduser().absolute()
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks that a type system cannot express."""
     sw = cfg.sweep
@@ -455,13 +467,14 @@ def validate(cfg: Config) -> None:
     _check(
         any(c.matches(sw.baseline) for c in cells), "sweep.baseline", "matches no cell of the grid"
     )
+    _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
     _validate_signals(cfg)
     w = cfg.world
     _check(w.backend in ("synthetic", "bfcl"), "world.backend", f"unknown backend '{w.backend}' (choose from synthetic, bfcl)")
     if w.backend == "bfcl":
         _validate_bfcl(cfg)
-    _check(w.train_format in FORMATS, "world.train_format", f"unknown format '{w.train_format}'")
-    _check(w.ood_format in FORMATS, "world.ood_format", f"unknown format '{w.ood_format}'")
+    for key, name in (("world.train_format", w.train_format), ("world.ood_format", w.ood_format)):
+        _check(name in FORMATS, key, f"unknown format '{name}' (choose from {', '.join(FORMATS)})")
     _check(w.ood_format != w.train_format, "world.ood_format", "must differ from world.train_format")
     _check(w.prompt_style in ("compact", "full"), "world.prompt_style", "choose from compact, full")
     from toolrl.envs.synthetic import DOMAINS
@@ -494,7 +507,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
     _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
            f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
-    _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
+    _check(cfg.rl.temperature > 0, "rl.temperature", f"must be > 0 (GRPO samples), got {cfg.rl.temperature}")
     batch = cfg.rl.prompts_per_step * cfg.rl.num_generations
     mb = cfg.rl.micro_batch_size
     _check(mb is None or (mb > 0 and batch % mb == 0), "rl.micro_batch_size",
@@ -508,6 +521,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
     _check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",
            f"unknown '{cfg.aggregate.paper}' (choose from {', '.join(PUBLISHED)}, or null)")
+    _check(_writable(Path(cfg.results_dir)), "results_dir",
+           f"'{cfg.results_dir}' cannot be created or written here (the sweep writes every output under it)")
     if cfg.model.name_or_path is not None:
         p = Path(cfg.model.name_or_path)
         looks_local = (cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()) and not cfg.model.name_or_path.startswith("pypi:")
