@@ -284,3 +284,20 @@ def test_a_call_that_runs_too_long_becomes_an_error(monkeypatch):
     out = env.execute(Call("du", {}))
     assert out.startswith("Error during execution") and "longer than" in out
     assert "error" not in env.execute(Call("pwd", {})).lower()  # the alarm is off again
+
+
+def test_a_tool_that_floods_is_cut_for_the_model_but_checked_in_full(monkeypatch):
+    """A tool's output is shown to the model up to MAX_OBSERVATION_CHARS, with a note; the
+    checker still compares the full result, so a correct call is not failed by the cut."""
+    from toolrl.envs import base
+
+    monkeypatch.setattr(base, "MAX_OBSERVATION_CHARS", 1000)
+    task = _task("multi_turn_base_0")
+    fmt = get_format("json", "full")
+    ep = Episode(task, fmt)
+    ep.env._methods["pwd"] = lambda **kw: {"current_working_directory": "x" * 5000}
+    shown = ep.step(fmt.render_calls([Call("pwd", {})]))
+    assert len(shown) == 1 and shown[0]["role"] == "tool"
+    content = shown[0]["content"]
+    assert len(content) < 1100 and content.endswith("[output cut: 5,033 characters, the limit is 1,000]")
+    assert len(ep._results[0]) == 5033  # what the checker compares

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 from toolrl.diagnostics import output_state
-from toolrl.envs.base import Call, Task
+from toolrl.envs.base import Call, Task, cap_observation
 from toolrl.envs import make_env
 from toolrl.formats import Format
 
@@ -113,7 +113,8 @@ class Episode:
         if self._rounds > self.max_rounds_per_turn:
             self.done = True
             return []
-        return [{"role": "tool", "content": o} for o in observations]
+        # The checker compares the full results (self._results); only what the model sees is capped.
+        return [{"role": "tool", "content": cap_observation(o)} for o in observations]
 
     def truncate(self) -> None:
         """The message or token budget ran out before the episode ended."""

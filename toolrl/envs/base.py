@@ -19,6 +19,18 @@ from typing import Any, Protocol
 MAX_ARGUMENT_CHARS = 100_000
 MAX_ARGUMENT_DEPTH = 16
 TOOL_SECONDS = 2.0
+# What one observation may show the model. BFCL's longest ground-truth result is 31,706 characters
+# (long_context's get_stock_info; the 99th percentile of all 4,625 is 12,690), so this cuts only a
+# tool that floods, before its output is tokenised into every later prompt of the episode.
+MAX_OBSERVATION_CHARS = 65_536
+
+
+def cap_observation(text: str) -> str:
+    """`text`, or its head with a note saying how much was cut: the model learns the output was
+    cut, instead of the whole episode failing on a context that no longer fits."""
+    if len(text) <= MAX_OBSERVATION_CHARS:
+        return text
+    return text[:MAX_OBSERVATION_CHARS] + f"\n[output cut: {len(text):,} characters, the limit is {MAX_OBSERVATION_CHARS:,}]"
 
 
 @dataclass(frozen=True)
