@@ -331,6 +331,13 @@ class AggregateConfig:
 
 
 @dataclass
+class NumericsConfig:
+    # A NaN or inf gradient: `stop` the job naming the step and cell, or `skip` that update.
+    # Not part of any job's hash: it changes nothing in a run that stays finite.
+    on_nonfinite: str = "stop"
+
+
+@dataclass
 class MLflowConfig:
     # None: a sqlite store under results/<sweep>/mlflow.db.
     tracking_uri: Optional[str] = None
@@ -374,6 +381,7 @@ class Config:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
@@ -507,6 +515,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
     _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
            f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
+    _check(cfg.numerics.on_nonfinite in ("stop", "skip"), "numerics.on_nonfinite",
+           f"choose from stop, skip, got '{cfg.numerics.on_nonfinite}'")
     _check(cfg.rl.temperature > 0, "rl.temperature", f"must be > 0 (GRPO samples), got {cfg.rl.temperature}")
     batch = cfg.rl.prompts_per_step * cfg.rl.num_generations
     mb = cfg.rl.micro_batch_size

@@ -370,6 +370,7 @@ def train(
     on_step: Callable[[dict[str, Any]], None],
     value_ids: list[int],
     judge: Callable[[Task, list[Message]], list[Message]] | None = None,
+    guard: TrainerCallback | None = None,
 ) -> ToolGRPOTrainer:
     """GRPO for one cell; `scheme` rl/sequential run RL only here (sequential's SFT came before).
     Returns the trainer, whose optimizer state tests inspect."""
@@ -413,7 +414,7 @@ def train(
             train_dataset=Dataset.from_list([{"prompt": t.id} for t in tasks]),
             processing_class=tokenizer,
             rollout_func=source,
-            callbacks=[StepLogger(plan, source, extra, on_step)],
+            callbacks=[StepLogger(plan, source, extra, on_step)] + ([guard] if guard is not None else []),
             plan=plan,
             extra=extra,
             pool=pool,

@@ -15,6 +15,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from toolrl.config import TinyModelConfig
+from toolrl.guards import check_finite
 from toolrl.io import atomic_dir
 
 
@@ -123,7 +124,8 @@ def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.n
 
 def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
     """Write the checkpoint atomically: a killed job never leaves a half-written model that a
-    rerun would take for finished."""
+    rerun would take for finished, and never weights with a NaN in them."""
+    check_finite(model, f"model for {out}")
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -17,6 +17,7 @@ from toolrl.data import read_tasks
 from toolrl.envs.base import Task
 from toolrl.episode import Message, expert_messages
 from toolrl.formats import Format, get_format
+from toolrl.guards import NonFiniteGuard
 from toolrl.warmup import value_token_ids
 
 
@@ -38,6 +39,7 @@ def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path
     tasks = read_tasks(data_dir / "rl.jsonl")
     fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
     values = value_token_ids(tokenizer)
+    guard = NonFiniteGuard(cell.path, cfg.numerics.on_nonfinite)
     t0 = time.perf_counter()
     if cell.scheme == "sequential":
         rng = random.Random(f"{cfg.world.seed}:sft:{cell.seed}")
@@ -47,7 +49,7 @@ def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path
         history = sft.train(model, tokenizer, examples, steps=s.steps, batch_size=s.batch_size,
                             learning_rate=s.learning_rate, warmup_steps=0, value_token_ids=values,
                             value_weight=s.value_weight, seed=cell.seed, log_every=max(1, s.steps // 10),
-                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+                            gradient_checkpointing=cfg.model.gradient_checkpointing, callbacks=[guard])
         for h in history:
             if "loss" in h:
                 on_step({"phase": "sft", "step": h["step"], "sft_loss": h["loss"]})
@@ -55,6 +57,7 @@ def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path
     offset = cfg.sft.steps if cell.scheme == "sequential" else 0
     judge = reflection_source(cfg, fmt) if cell.signal == "prs" else None
     grpo.train(model, tokenizer, tasks, fmt, cfg, cell.signal, cell.scheme, cell.lr, cell.seed,
-               lambda rec: on_step({**rec, "step": offset + rec["step"]}), values, judge)
+               lambda rec: on_step({**rec, "step": offset + rec["step"]}), values, judge, guard)
     models.save(model, tokenizer, out_dir)
-    return {"sft_seconds": round(sft_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    return {"sft_seconds": round(sft_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "skipped_steps": guard.skipped}

@@ -22,6 +22,7 @@ from toolrl.data import echo_messages, read_tasks
 from toolrl.envs.synthetic import VALUE_TOKENS
 from toolrl.episode import expert_messages
 from toolrl.formats import get_format
+from toolrl.guards import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: s
     history = sft.train(
         model, tokenizer, examples, steps=w.steps, batch_size=w.batch_size, learning_rate=w.learning_rate,
         warmup_steps=w.warmup_steps, value_token_ids=value_token_ids(tokenizer), value_weight=w.value_weight,
-        seed=seed, callbacks=[curve], gradient_checkpointing=cfg.model.gradient_checkpointing,
+        seed=seed, callbacks=[curve, NonFiniteGuard("the warm-up", cfg.numerics.on_nonfinite)],
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
     wall = time.perf_counter() - t0
     if not curve.curve or curve.curve[-1]["step"] != w.steps:
