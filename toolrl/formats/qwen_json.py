@@ -11,6 +11,12 @@ from toolrl.formats.base import Format, Parsed
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 
+def _escape_tags(body: str) -> str:
+    """A tag inside a JSON string (a name, key or value) would end or open a block early; its `<`
+    as the JSON escape \\u003c reads back the same and leaves every other body unchanged."""
+    return body.replace("<tool_call>", "\\u003ctool_call>").replace("</tool_call>", "\\u003c/tool_call>")
+
+
 class QwenJson(Format):
     name = "json"
     call_marker = "<tool_call>"
@@ -27,7 +33,8 @@ class QwenJson(Format):
 
     def render_calls(self, calls: list[Call]) -> str:
         return "\n".join(
-            "<tool_call>\n" + json.dumps({"name": c.name, "arguments": c.arguments}) + "\n</tool_call>" for c in calls
+            "<tool_call>\n" + _escape_tags(json.dumps({"name": c.name, "arguments": c.arguments})) + "\n</tool_call>"
+            for c in calls
         )
 
     def parse(self, text: str) -> Parsed:
