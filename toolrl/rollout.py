@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedTokenizerBase
 
 from toolrl.config import RolloutConfig
@@ -41,6 +42,12 @@ class Rollout:
     def success(self) -> bool:
         return self.episode.success
 
+
+# Attention kernels for generation: every SDPA backend but cuDNN's. Decoding changes the sequence
+# length at every step, and cuDNN's attention builds a new execution plan for each new shape:
+# profiled on an H200 in bf16, 5.9 ms of CPU per call (80% of the rollout's CPU time) for 10 µs of
+# GPU work, making a 32-episode batched rollout 5× slower than in fp32 (which takes another kernel).
+GENERATION_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 Users = Callable[[Task], "User | None"]
 # A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say).
@@ -129,7 +136,8 @@ def run(
             for start in range(0, len(active), batch_size):
                 chunk = active[start : start + batch_size]
                 if generate is None:
-                    _advance(model, tokenizer, chunk, cfg, sample, temperature, probe, forbid, eos_id)
+                    with sdpa_kernel(GENERATION_ATTENTION):
+                        _advance(model, tokenizer, chunk, cfg, sample, temperature, probe, forbid, eos_id)
                 else:
                     _advance_with(generate, tokenizer, chunk, cfg, eos_id)
     finally:
