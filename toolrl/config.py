@@ -40,6 +40,8 @@ def _default_pairs() -> dict[str, list[str]]:
         "void_filter": ["rl"],
     }
 SPLITS = ("id", "format_ood", "content_ood")
+# Multiple-testing corrections (toolrl.stats.adjust); here so that checking a config never imports scipy.
+CORRECTIONS = ("holm", "bonferroni", "bh", "none")
 FORMATS = ("json", "python")
 
 
@@ -526,7 +528,6 @@ def validate(cfg: Config) -> None:
         _check(lr > 0, key, f"learning rate {lr} must be > 0")
     _check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
     from toolrl.paper import PUBLISHED
-    from toolrl.stats import CORRECTIONS
 
     _check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
     _check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",

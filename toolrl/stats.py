@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-CORRECTIONS = ("holm", "bonferroni", "bh", "none")
+from toolrl.config import CORRECTIONS
+
 
 # Success rates from different code paths (sum/len vs. mean) can differ in the last bit; scipy then
 # sees a variance of ~1e-33 and reports a confident p-value for what is really a tie.
@@ -104,22 +105,25 @@ def iqm(scores: Sequence[float] | np.ndarray, axis: int | None = None) -> float 
     return sps.trim_mean(x, 0.25, axis=axis)
 
 
-def _interval(columns: list[np.ndarray], statistic: Any, point: float, confidence: float,
-              n_resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile CI of `statistic` under the stratified bootstrap: each column (a task of one
-    group) is resampled on its own, which is what `scipy.stats.bootstrap` does with several
-    unpaired samples. Every column needs two runs to vary, and a statistic that cannot vary gives
-    the point itself (the percentile method, unlike BCa, never goes NaN on ties)."""
+def _interval(columns: list[np.ndarray], statistic: Any, point: Any, confidence: float,
+              n_resamples: int, seed: int) -> tuple[Any, Any]:
+    """Percentile CI of `statistic` (a scalar, or a vector like a performance profile) under the
+    stratified bootstrap: each column (a task of one group) is resampled on its own, which is what
+    `scipy.stats.bootstrap` does with several unpaired samples. Every column needs two runs to
+    vary, and a statistic that cannot vary gives the point itself (the percentile method, unlike
+    BCa, never goes NaN on ties)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    scalar = np.ndim(point) == 0
     if any(c.size < 2 for c in columns) or all(np.ptp(c) == 0.0 for c in columns):
-        return point, point
+        return (point, point) if scalar else (point.copy(), point.copy())
     res = sps.bootstrap(tuple(columns), statistic, vectorized=True, paired=False, method="percentile",
                         confidence_level=confidence, n_resamples=n_resamples, rng=np.random.default_rng(seed))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     # Resampled IQMs can only land on values the data reaches; float noise must not put the bound
     # a hair outside the point for a statistic that barely varies.
-    return min(low, point), max(high, point)
+    low = np.minimum(res.confidence_interval.low, point)
+    high = np.maximum(res.confidence_interval.high, point)
+    return (float(low), float(high)) if scalar else (low, high)
 
 
 def iqm_interval(scores: Sequence[Sequence[float]] | np.ndarray, confidence: float = 0.95,
@@ -184,13 +188,8 @@ def performance_profile(scores: Sequence[Sequence[float]] | np.ndarray, threshol
         return np.moveaxis((x[..., None] > taus).mean(axis=-2), -1, 0)
 
     point = stat(*m.T)
-    columns = list(m.T)
-    if any(c.size < 2 for c in columns) or all(np.ptp(c) == 0.0 for c in columns):
-        return {"fraction": point, "ci_low": point.copy(), "ci_high": point.copy()}
-    res = sps.bootstrap(tuple(columns), stat, vectorized=True, paired=False, method="percentile",
-                        confidence_level=confidence, n_resamples=n_resamples, rng=np.random.default_rng(seed))
-    return {"fraction": point, "ci_low": np.minimum(res.confidence_interval.low, point),
-            "ci_high": np.maximum(res.confidence_interval.high, point)}
+    low, high = _interval(list(m.T), stat, point, confidence, n_resamples, seed)
+    return {"fraction": point, "ci_low": low, "ci_high": high}
 
 
 def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:
