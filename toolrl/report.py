@@ -213,9 +213,10 @@ def score_matrix(g: Group, split: str) -> np.ndarray:
 
 def _compare_all(
     others: Sequence[Group], ref: Group, splits: Sequence[str], correction: str, confidence: float,
-    n_resamples: int, seed: int,
+    n_resamples: int, seed: int, scores: Mapping[str, Mapping[str, np.ndarray]],
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """group → split → difference, effect sizes, raw and adjusted p-values.
+    """group → split → difference, effect sizes, raw and adjusted p-values. `scores`: group name →
+    split → `score_matrix`.
 
     The family for the correction is one split and one test across the groups, because each split
     answers its own question (in-distribution vs. OOD) and a reader reads each test on its own.
@@ -224,7 +225,7 @@ def _compare_all(
     for g in others:
         out[g.name] = {}
         for s in splits:
-            poi = probability_of_improvement(score_matrix(g, s), score_matrix(ref, s), confidence, n_resamples, seed)
+            poi = probability_of_improvement(scores[g.name][s], scores[ref.name][s], confidence, n_resamples, seed)
             out[g.name][s] = {**compare(g.rates[s], ref.rates[s]), "hedges_g": hedges_g(g.rates[s], ref.rates[s]),
                               "poi": poi["poi"], "poi_ci_low": poi["ci_low"], "poi_ci_high": poi["ci_high"]}
     for s in splits:
@@ -244,11 +245,12 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
     return {"collapsed": sum(p["collapsed"] for p in judged), "runs": len(judged), "per_seed": per_seed}
 
 
-def _split_stats(g: Group, split: str, confidence: float, n_resamples: int, seed: int) -> dict[str, Any]:
+def _split_stats(g: Group, split: str, scores: np.ndarray, confidence: float, n_resamples: int,
+                 seed: int) -> dict[str, Any]:
     """Mean with a bootstrap CI over seeds, and the IQM over seeds × categories with rliable's
     stratified CI."""
     st = summarize(g.rates[split], confidence, n_resamples, seed)
-    q = iqm_interval(score_matrix(g, split), confidence, n_resamples, seed)
+    q = iqm_interval(scores, confidence, n_resamples, seed)
     return {**st, "iqm": q["iqm"], "iqm_ci_low": q["ci_low"], "iqm_ci_high": q["ci_high"]}
 
 
@@ -332,12 +334,13 @@ def aggregate(
         raise ValueError(f"no evaluated runs under {sweep_dir / 'runs'}")
     ref = _find_baseline(groups, baseline)
     others = [g for g in groups if g is not ref]
-    comparisons = _compare_all(others, ref, splits, correction, confidence, n_resamples, seed)
-
     ordered = ([base] if base else []) + [ref] + others
+    scores = {g.name: {s: score_matrix(g, s) for s in splits} for g in ordered}
+    comparisons = _compare_all(others, ref, splits, correction, confidence, n_resamples, seed, scores)
+
     records = []
     for g in ordered:
-        stats = {s: _split_stats(g, s, confidence, n_resamples, seed) for s in splits}
+        stats = {s: _split_stats(g, s, scores[g.name][s], confidence, n_resamples, seed) for s in splits}
         restored = {s: summarize(v, confidence, n_resamples, seed) for s, v in g.restored.items()}
         records.append(_group_record(g, splits, stats, comparisons.get(g.name), restored, paper))
     summary: dict[str, Any] = {
@@ -369,7 +372,6 @@ def aggregate(
     cat_rows = category_rows(ordered, splits)
     write_text(out / "categories.md", tables.category_markdown(cat_rows, splits))
     write_text(out / "categories.csv", tables.category_csv(cat_rows))
-    scores = {g.name: {s: score_matrix(g, s) for s in splits} for g in ordered}
     figures = {"success": plots.success(summary), "curves": plots.curves(ordered),
                "lr": plots.lr_sensitivity(summary), "profiles": plots.profiles(summary, scores)}
     for name, fig in figures.items():
