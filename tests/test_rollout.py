@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from transformers import LogitsProcessor
 
 from toolrl import rollout
 from toolrl.config import RolloutConfig, TinyModelConfig
@@ -150,3 +153,57 @@ def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
     assert not torch.isinf(later[0, tc]) and torch.isfinite(later[1]).all()
     with pytest.raises(ValueError, match="diagnostics.forbid"):
         forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["no-such-token-xyz"])])
+
+
+class StopAfter(LogitsProcessor):
+    """Ends every message with `<|im_end|>` after 2–7 tokens, the count set by the length of the
+    row's context without padding: a function of the episode alone, so a row's messages do not
+    depend on its batch, and rows of one batch end at different steps (the padding the cache must
+    mask). Records the logits of every step by the row's context without padding."""
+
+    def __init__(self, width: int, eos: int, pad: int, logits: dict[tuple[int, ...], torch.Tensor]):
+        self.width, self.eos, self.pad, self.logits = width, eos, pad, logits
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for ids, row in zip(input_ids, scores):
+            self.logits[tuple(ids[ids != self.pad].tolist())] = row.clone()
+        step = input_ids.shape[1] - self.width
+        target = 2 + (input_ids[:, : self.width] != self.pad).sum(dim=1) % 6
+        only_eos = torch.full_like(scores, -math.inf)
+        only_eos[:, self.eos] = 0.0
+        no_eos = scores.clone()
+        no_eos[:, self.eos] = -math.inf
+        return torch.where((step + 1 >= target)[:, None], only_eos, no_eos)
+
+
+def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
+    """Rounds after the first encode only the environment's new tokens (the cache holds the rest,
+    padding inside masked out), and every logit is that of the episode played alone: the same
+    context, attention and positions (float64, greedy)."""
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                             intermediate_size=64), tokenizer, seed=0).double()
+    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    logits: dict[tuple[int, ...], torch.Tensor] = {}
+    real_generate = model.generate
+    model.generate = lambda input_ids, **kw: real_generate(  # type: ignore[method-assign]
+        input_ids=input_ids,
+        **{**kw, "logits_processor": [*kw["logits_processor"], StopAfter(input_ids.shape[1], eos, pad, logits)]})
+    fed: list[int] = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    cfg = RolloutConfig(max_messages=8, max_new_tokens=16, max_total_tokens=1200)
+    fmt = get_format("json")
+    tasks = splits["id"][:6]
+    alone = [rollout.run(model, tokenizer, [t], fmt, cfg, sample=False)[0] for t in tasks]
+    alone_logits = dict(logits)
+    logits.clear()
+    fed.clear()
+    together = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False)
+    assert [r.completion_ids for r in together] == [r.completion_ids for r in alone]
+    assert [r.env_mask for r in together] == [r.env_mask for r in alone]
+    assert max(len(r.episode.states) for r in together) >= 3  # several rounds, episodes ending at different ones
+    compared = [k for k in logits if k in alone_logits]
+    assert len(compared) >= sum(sum(r.env_mask) for r in together)  # every sampled token's step
+    for k in compared:
+        torch.testing.assert_close(logits[k], alone_logits[k], rtol=0, atol=1e-9)
+    prefills = [n for n in fed if n > 1]
+    assert len(prefills) >= 3 and max(prefills[1:]) < prefills[0] / 2, prefills

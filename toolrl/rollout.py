@@ -2,7 +2,9 @@
 
 All unfinished episodes advance together: one `generate` call produces the next assistant message
 of every active episode (finished ones drop out of the batch), then each environment answers and
-its tokens are appended. The loss mask is built here, token by token: 1 for every token the model
+its tokens are appended. Once the active episodes fit in one batch, that batch keeps its KV cache
+from round to round, so a round encodes only the tokens the environment inserted instead of every
+episode's whole context again. The loss mask is built here, token by token: 1 for every token the model
 sampled (its `<|im_end|>` included), 0 for every token the rollout inserted. Masking bugs of this
 kind are a known cause of collapse in other frameworks, so tests check the mask exactly.
 """
@@ -14,7 +16,8 @@ from typing import Any, Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from toolrl.config import RolloutConfig
 from toolrl.diagnostics import ControlTokenProbe, ForbidPatterns
@@ -48,6 +51,10 @@ class Rollout:
 # profiled on an H200 in bf16, 5.9 ms of CPU per call (80% of the rollout's CPU time) for 10 µs of
 # GPU work, making a 32-episode batched rollout 5× slower than in fp32 (which takes another kernel).
 GENERATION_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+# `generate`'s keyword for a cache to continue from: `past_key_values` until transformers renamed it
+# `cache` (after 5.20; the old name warns until 6.0), together with the same field of its output.
+CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 Users = Callable[[Task], "User | None"]
 # A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say).
@@ -128,18 +135,25 @@ def run(
     model.eval()
     probe = ControlTokenProbe(control_token_ids(tokenizer))
     eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    reused: Batch | None = None
     try:
-        while True:
-            active = [r for r in rollouts if not r.episode.done]
-            if not active:
-                break
-            for start in range(0, len(active), batch_size):
-                chunk = active[start : start + batch_size]
-                if generate is None:
-                    with sdpa_kernel(GENERATION_ATTENTION):
-                        _advance(model, tokenizer, chunk, cfg, sample, temperature, probe, forbid, eos_id)
-                else:
-                    _advance_with(generate, tokenizer, chunk, cfg, eos_id)
+        while active := [r for r in rollouts if not r.episode.done]:
+            if generate is not None:
+                for start in range(0, len(active), batch_size):
+                    _advance_with(generate, tokenizer, active[start : start + batch_size], cfg, eos_id)
+                continue
+            if len(active) <= batch_size:
+                # One batch holds every active episode: keep it (and its cache) for the next rounds.
+                reused = reused.select() if reused is not None else Batch(active, tokenizer.pad_token_id)
+                batches = [reused]
+            else:
+                # Several batches: their caches would all have to live until the next round (a
+                # 1.5B model's 64 × 16k-token cache is ~29 GB), so each is encoded afresh instead.
+                batches = [Batch(active[s : s + batch_size], tokenizer.pad_token_id)
+                           for s in range(0, len(active), batch_size)]
+            for batch in batches:
+                with sdpa_kernel(GENERATION_ATTENTION):
+                    _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id)
     finally:
         model.train(was_training)
     return rollouts
@@ -161,10 +175,60 @@ def replay(tokenizer: PreTrainedTokenizerBase, task: Task, fmt: Format, cfg: Rol
     return r
 
 
+class Batch:
+    """Episodes generated together: their contexts as one left-padded token matrix, and the KV
+    cache `generate` left behind, reused by the next round.
+
+    A round appends two blocks to the matrix: the sampled tokens (each row's past its `<|im_end|>`
+    are padding the model wrote while the longest row finished) and the environment's inserted
+    tokens, left-padded to the longest. Padding inside the matrix is masked out, and transformers
+    derives positions from the mask, so every real token has the position and the attention it
+    would have in a freshly padded batch. When a finished episode drops out its row leaves the
+    cache too; when padding outgrows the real tokens, the batch is encoded afresh, compacted."""
+
+    def __init__(self, rollouts: list[Rollout], pad: int):
+        self.rollouts = rollouts
+        self.pad = pad
+        contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in rollouts]
+        self.lengths = [len(c) for c in contexts]
+        width = max(self.lengths)
+        self.ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
+        self.mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+        self.cache = DynamicCache()
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def append(self, sampled: torch.Tensor, kept: list[int], inserted: list[list[int]]) -> None:
+        """Add a round: `sampled` (rows × steps) of which each row keeps its first `kept[i]`
+        tokens, then `inserted[i]`, the environment's tokens."""
+        rows, right = len(inserted), max(map(len, inserted))
+        block = torch.tensor([[self.pad] * (right - len(t)) + t for t in inserted], dtype=torch.long)
+        block_mask = torch.tensor([[0] * (right - len(t)) + [1] * len(t) for t in inserted], dtype=torch.long)
+        sampled_mask = (torch.arange(sampled.shape[1])[None, :] < torch.tensor(kept)[:, None]).long()
+        self.ids = torch.cat([self.ids, sampled, block.view(rows, right)], 1)
+        self.mask = torch.cat([self.mask, sampled_mask, block_mask.view(rows, right)], 1)
+        self.lengths = [n + k + len(t) for n, k, t in zip(self.lengths, kept, inserted)]
+
+    def select(self) -> "Batch":
+        """This batch without its finished episodes (or encoded afresh when mostly padding)."""
+        rows = [i for i, r in enumerate(self.rollouts) if not r.episode.done]
+        if self.width > 2 * max(self.lengths[i] for i in rows):
+            return Batch([self.rollouts[i] for i in rows], self.pad)
+        if len(rows) < len(self.rollouts):
+            index = torch.tensor(rows)
+            self.ids, self.mask = self.ids[index], self.mask[index]
+            self.cache.batch_select_indices(index)
+            self.rollouts = [self.rollouts[i] for i in rows]
+            self.lengths = [self.lengths[i] for i in rows]
+        return self
+
+
 def _advance(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    batch: list[Rollout],
+    batch: Batch,
     cfg: RolloutConfig,
     sample: bool,
     temperature: float,
@@ -173,12 +237,9 @@ def _advance(
     eos_id: int,
 ) -> None:
     """Generate one assistant message for each rollout in `batch`, then let each env answer."""
-    contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
-    budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(len(c) for c in contexts)))
-    width = max(len(c) for c in contexts)
+    budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(batch.lengths)))
+    width = batch.width
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
-    attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
     probe.reset()
     processors: list[Any] = [probe]
     if forbid is not None:
@@ -190,16 +251,21 @@ def _advance(
         gen_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **gen_kwargs)
+    out = model.generate(input_ids=batch.ids.to(model.device), attention_mask=batch.mask.to(model.device),
+                         use_cache=True, **{CACHE_KWARG: batch.cache}, **gen_kwargs)
     new = out[:, width:].cpu()
     lengths = []
     for row in new.tolist():
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         lengths.append(n)
-    for r, row, n, stats in zip(batch, new.tolist(), lengths, probe.stats(new, lengths)):
+    inserted = []
+    for r, row, n, stats in zip(batch.rollouts, new.tolist(), lengths, probe.stats(new, lengths)):
         for k, v in stats.items():
             r.probes.setdefault(k, []).extend(v)
+        before = len(r.completion_ids) + n
         _consume(tokenizer, r, row[:n], eos_id, cfg)
+        inserted.append(r.completion_ids[before:])
+    batch.append(new, lengths, inserted)
 
 
 def _advance_with(generate: Generate, tokenizer: PreTrainedTokenizerBase, batch: list[Rollout], cfg: RolloutConfig,
