@@ -1,7 +1,10 @@
 """Atomic file and directory writes, and JSON readers that name the file they choke on.
 
 Snakemake treats an existing output as done; a job killed half-way through a write must
-therefore leave either nothing or the complete file, never a prefix of it.
+therefore leave either nothing or the complete file, never a prefix of it. A file damaged some
+other way (a full disk, a copy cut short, an edit by hand) is caught by the readers, which say
+which file and whether it is empty, truncated or invalid, and by `require`, which names a
+missing or mistyped key.
 """
 
 from __future__ import annotations
@@ -41,25 +44,82 @@ def write_jsonl(path: Path, rows: list[Any]) -> None:
     write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
 
+def _unclosed(text: str) -> bool:
+    """Whether `text` stops inside a string or before its last bracket closes: what a write cut
+    short leaves, told apart from a file that is complete but wrong."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return in_string or depth > 0
+
+
+def json_problem(text: str, error: json.JSONDecodeError) -> str:
+    """What is wrong with a document that `json` refused, in words: empty, truncated or invalid."""
+    if not text.strip():
+        return "empty"
+    return f"{'truncated' if _unclosed(text) else 'invalid'} ({error})"
+
+
 def read_json(path: Path) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"missing file '{path}'")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt JSON in '{path}': {e}") from None
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corrupt JSON in '{path}': not UTF-8 text ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt JSON in '{path}': {json_problem(text, e)}") from None
 
 
 def read_jsonl(path: Path) -> list[Any]:
     if not path.exists():
         raise FileNotFoundError(f"missing file '{path}'")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corrupt JSON in '{path}': not UTF-8 text ({e})") from None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"corrupt JSON in '{path}' line {i}: {e}") from None
+            raise ValueError(f"corrupt JSON in '{path}' line {i}: {json_problem(line, e)}") from None
     return rows
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object"}
+
+
+def require(path: Path, doc: Any, key: str, kinds: type | tuple[type, ...], where: str = "") -> Any:
+    """`doc[key]`, which must be there and of `kinds` (a bool is no number). A reader checks at
+    load what its consumers use, so a damaged file fails naming the file and the key (`where`:
+    the position inside the file) instead of a KeyError deep inside a consumer."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"malformed '{path}'{where}: expected an object, got {type(doc).__name__}")  # noqa: TRY004 (bad data, not a bad call)
+    if key not in doc:
+        raise ValueError(f"malformed '{path}'{where}: missing key '{key}'")
+    value = doc[key]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds if not (k is int and float in kinds))
+        got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"malformed '{path}'{where}: '{key}' must be {names}, got {got}")
+    return value
 
 
 @contextmanager
