@@ -14,8 +14,9 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from toolrl import checkpoint
 from toolrl.config import TinyModelConfig
-from toolrl.guards import check_finite
+from toolrl.guards import check_finite, nonfinite_weights
 from toolrl.io import atomic_dir
 
 
@@ -102,16 +103,44 @@ def _sync_generation_config(model: torch.nn.Module, tokenizer: PreTrainedTokeniz
 def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load a checkpoint (local path or hub id) for training or generation on this machine.
 
+    A damaged checkpoint fails here with one message naming the folder and the file: the files
+    are checked first (`toolrl.checkpoint`), then what transformers made of them. Weights that
+    do not fit config.json, weights config.json needs but the file lacks (transformers would
+    initialise them at random) and NaN or inf weights (`save` never writes them; one found here
+    was damaged or written elsewhere, and would evaluate to 0%, which reads as a collapse) are
+    refused.
+
     `enable_thinking` (Qwen3) is set inside the chat template itself, so the base checkpoint the
     warm-up saves renders every prompt in that mode without each caller passing the flag."""
     p = Path(path)
-    if str(path).startswith((".", "/")) and not (p / "config.json").exists():
-        raise FileNotFoundError(f"model checkpoint '{p}' not found (no config.json)")
+    local = str(path).startswith((".", "/")) or p.exists()
+    if local:
+        if not p.is_dir():
+            raise FileNotFoundError(f"model checkpoint '{p}' not found")
+        checkpoint.check(p)
+    # tokenizers and safetensors raise bare Exceptions on bad files; any failure here is the checkpoint's.
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load model checkpoint '{path}': {e}") from e
+    except Exception as e:
+        if local and (p / checkpoint.TOKENIZER_JSON).exists():
+            checkpoint.read_json(p, checkpoint.TOKENIZER_JSON)  # names it if the file is not JSON
+        raise ValueError(f"cannot load the tokenizer of model checkpoint '{path}': {_first_line(e)}") from e
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, ignore_mismatched_sizes=True,
+                                                           output_loading_info=True)
+    except Exception as e:
+        raise ValueError(f"cannot load model checkpoint '{path}': {_first_line(e)}") from e
+    if info["mismatched_keys"]:
+        name, stored, wanted = min(info["mismatched_keys"])
+        raise checkpoint.CorruptCheckpoint(p, f"config.json does not fit the weights: {name} is {list(stored)} in the "
+                                              f"file, {list(wanted)} by config.json "
+                                              f"({_tensors(len(info['mismatched_keys']))} differ)")
+    if info["missing_keys"]:
+        raise checkpoint.CorruptCheckpoint(p, f"the weights lack {_tensors(len(info['missing_keys']))} that config.json "
+                                              f"needs (first: {min(info['missing_keys'])})")
+    bad = nonfinite_weights(model)
+    if bad:
+        raise checkpoint.CorruptCheckpoint(p, f"{_tensors(len(bad))} of weights hold NaN or inf (first: {bad[0]})")
     tokenizer.padding_side = "left"
     if enable_thinking is not None and tokenizer.chat_template:
         flag = "true" if enable_thinking else "false"
@@ -120,6 +149,16 @@ def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.n
         tokenizer.pad_token = tokenizer.eos_token
     _sync_generation_config(model, tokenizer)
     return model, tokenizer
+
+
+def _tensors(n: int) -> str:
+    return f"{n} tensor" + ("" if n == 1 else "s")
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception in one line: transformers' messages run to tables of every tensor."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
