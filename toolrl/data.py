@@ -74,10 +74,20 @@ def write_splits(splits: dict[str, list[Task]], data_dir: Path) -> None:
 
 
 def read_tasks(path: Path) -> list[Task]:
-    try:
-        return [Task.from_json(d) for d in read_jsonl(path)]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"malformed task in '{path}': {e}") from None
+    """A split file's tasks. An empty file is an error too: `prepare` never writes an empty split,
+    and a job given one would fail far from the file (no task to sample, a division by zero)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"no tasks in '{path}': the file is empty")
+    tasks = []
+    for i, row in enumerate(rows, 1):
+        try:
+            tasks.append(Task.from_json(row))
+        except KeyError as e:
+            raise ValueError(f"malformed task in '{path}' line {i}: missing key {e}") from None
+        except (AttributeError, TypeError) as e:
+            raise ValueError(f"malformed task in '{path}' line {i}: {e}") from None
+    return tasks
 
 
 def echo_messages(rng: random.Random) -> list[dict[str, str]]:

@@ -21,7 +21,7 @@ import numpy as np
 from toolrl import plots, tables
 from toolrl.collapse import CURVES, detect, series
 from toolrl.config import SPLITS, Cell, CellFilter, DiagnosticsConfig, parse_cell
-from toolrl.io import read_json, read_jsonl, write_bytes, write_text
+from toolrl.io import read_json, read_jsonl, require, write_bytes, write_text
 from toolrl.paper import PAPER_SPLIT, PUBLISHED, published_for
 from toolrl.stats import (
     CORRECTIONS,
@@ -65,33 +65,43 @@ class Group:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_restored(path: Path, doc: dict[str, Any]) -> float | None:
-    """The restoration probe's success rate, or None when this split was not probed."""
-    if "restored" not in doc:
-        return None
-    restored = doc["restored"]
-    rate = restored.get("success_rate") if isinstance(restored, dict) else None
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"evaluation file {path}: 'restored.success_rate' must be a number in [0, 1], got {rate!r}")
+def _rate(path: Path, doc: dict[str, Any], key: str, within: str = "") -> float:
+    """`doc[key]`, a number in [0, 1]; `within` names the key `doc` sits under, for the message."""
+    rate = require(path, doc, key, (int, float), f" {within}" if within else "")
+    if not 0.0 <= rate <= 1.0:
+        name = f"{within}.{key}" if within else key
+        raise ValueError(f"evaluation file {path}: '{name}' must be a number in [0, 1], got {rate!r}")
     return float(rate)
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    """An evaluation file, checked at load for every key its readers use (the tables here, the
+    MLflow logging in `cli`), so that a damaged one fails naming the file and the key."""
+    doc = read_json(path)
+    require(path, doc, "split", str)
+    _rate(path, doc, "success_rate")
+    _rate(path, doc, "format_error_rate")
+    for i, task in enumerate(require(path, doc, "tasks", list)):
+        require(path, task, "success", bool, f" tasks[{i}]")
+    if "restored" in doc:
+        _rate(path, require(path, doc, "restored", dict), "success_rate", "restored")
+    return doc
 
 
 def _categories(doc: dict[str, Any]) -> dict[str, float]:
     """Success per task category (the task's domain), from the per-task records."""
     by: dict[str, list[bool]] = {}
-    for t in doc.get("tasks", []):
-        by.setdefault(str(t.get("domain", "all")), []).append(bool(t.get("success")))
+    for t in doc["tasks"]:
+        by.setdefault(str(t.get("domain", "all")), []).append(t["success"])
     return {d: sum(v) / len(v) for d, v in sorted(by.items())}
 
 
 def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None, dict[str, float]]:
     """One run's success rate, restored rate and per-category rates, checked against where the
     file lies so a misplaced copy fails here."""
-    doc = read_json(path)
-    if not isinstance(doc, dict):
-        raise ValueError(f"corrupt evaluation file {path}: expected a JSON object")  # noqa: TRY004 (bad data, not a bad call)
-    if doc.get("split") != split:
-        raise ValueError(f"evaluation file {path} is for split {doc.get('split')!r}, expected {split!r}")
+    doc = read_eval(path)
+    if doc["split"] != split:
+        raise ValueError(f"evaluation file {path} is for split {doc['split']!r}, expected {split!r}")
     if cell is not None and isinstance(doc.get("cell"), dict):
         try:
             claimed = parse_cell(*(str(doc["cell"][k]) for k in ("signal", "scheme", "lr", "seed")))
@@ -99,10 +109,8 @@ def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float 
             raise ValueError(f"evaluation file {path} has a malformed 'cell': {e}") from None
         if not claimed.matches(CellFilter(**vars(cell))):
             raise ValueError(f"evaluation file {path} is for cell {claimed.path}, not {cell.path}")
-    rate = doc.get("success_rate")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"evaluation file {path}: 'success_rate' must be a number in [0, 1], got {rate!r}")
-    return float(rate), _read_restored(path, doc), _categories(doc)
+    restored = float(doc["restored"]["success_rate"]) if "restored" in doc else None
+    return float(doc["success_rate"]), restored, _categories(doc)
 
 
 def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any] | None, dict[str, dict[int, float]]]:
@@ -112,6 +120,8 @@ def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any]
         log.warning("no training log %s: collapse and curves unknown for this run", path)
         return None, {}
     rows = read_jsonl(path)
+    for i, row in enumerate(rows, 1):
+        require(path, row, "step", int, f" line {i}")
     try:
         verdict = detect(rows, diag.window, diag.reward_drop, diag.token_shift)
     except ValueError as e:
@@ -383,4 +393,4 @@ def aggregate(
     return summary
 
 
-__all__ = ["aggregate"]
+__all__ = ["aggregate", "read_eval"]
