@@ -181,10 +181,12 @@ class Batch:
 
     A round appends two blocks to the matrix: the sampled tokens (each row's past its `<|im_end|>`
     are padding the model wrote while the longest row finished) and the environment's inserted
-    tokens, left-padded to the longest. Padding inside the matrix is masked out, and transformers
-    derives positions from the mask, so every real token has the position and the attention it
-    would have in a freshly padded batch. When a finished episode drops out its row leaves the
-    cache too; when padding outgrows the real tokens, the batch is encoded afresh, compacted."""
+    tokens, left-padded to the longest. Padding is masked out, and transformers derives positions
+    from the mask, so every real token has the position and the attention it would have in a
+    freshly padded batch. Between rounds the finished episodes' rows leave, and the cached part is
+    compacted: each row's real entries are gathered to the right, as a fresh encoding would place
+    them. A key depends only on its token, its position and the real tokens before it, so the
+    gathered cache equals a fresh encoding's, and the padding attended never grows past a round's."""
 
     def __init__(self, rollouts: list[Rollout], pad: int):
         self.rollouts = rollouts
@@ -212,16 +214,24 @@ class Batch:
         self.lengths = [n + k + len(t) for n, k, t in zip(self.lengths, kept, inserted)]
 
     def select(self) -> "Batch":
-        """This batch without its finished episodes (or encoded afresh when mostly padding)."""
-        rows = [i for i, r in enumerate(self.rollouts) if not r.episode.done]
-        if self.width > 2 * max(self.lengths[i] for i in rows):
-            return Batch([self.rollouts[i] for i in rows], self.pad)
-        if len(rows) < len(self.rollouts):
-            index = torch.tensor(rows)
-            self.ids, self.mask = self.ids[index], self.mask[index]
-            self.cache.batch_select_indices(index)
-            self.rollouts = [self.rollouts[i] for i in rows]
-            self.lengths = [self.lengths[i] for i in rows]
+        """This batch without its finished episodes, its cached part compacted."""
+        keep = [i for i, r in enumerate(self.rollouts) if not r.episode.done]
+        self.rollouts = [self.rollouts[i] for i in keep]
+        self.lengths = [self.lengths[i] for i in keep]
+        rows = torch.tensor(keep)
+        cached = self.cache.get_seq_length()
+        real = self.mask[rows, :cached]
+        width = int(real.sum(dim=1).max())
+        # Per row: the indices of its padding, then of its real entries in order; the last `width`.
+        order = torch.sort(real, dim=1, stable=True).indices[:, cached - width :]
+        self.ids = torch.cat([self.ids[rows, :cached].gather(1, order), self.ids[rows, cached:]], 1)
+        self.mask = torch.cat([real.gather(1, order), self.mask[rows, cached:]], 1)
+        for layer in self.cache.layers:
+            take = order.to(layer.keys.device)[:, None, :, None]
+            index = rows.to(layer.keys.device)
+            layer.keys = layer.keys[index].gather(2, take.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
+            layer.values = layer.values[index].gather(
+                2, take.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
         return self
 
 
