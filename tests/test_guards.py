@@ -39,6 +39,21 @@ def test_stop_names_the_step_and_the_cell(tiny):
         guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=4), None, model=tiny)
 
 
+def test_the_command_stops_with_one_line(monkeypatch, caplog):
+    """A job stopped by the guard exits 2 with the guard's message, as bad input does."""
+    from toolrl import cli
+
+    def train(args):
+        raise NonFiniteError("non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: SimpleNamespace(fn=train))
+    assert cli.main([]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0"]
+
+
 def test_skip_leaves_weights_and_adam_state_untouched(tiny):
     opt = torch.optim.AdamW(tiny.parameters(), lr=1e-2)
     for p in tiny.parameters():  # one good step, so Adam has moments to lose

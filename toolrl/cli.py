@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    # FloatingPointError: toolrl.guards.NonFiniteError (not imported here: it pulls in torch).
+    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as e:
         log.error("%s", e)
         return 2
     return 0
