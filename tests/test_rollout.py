@@ -207,3 +207,25 @@ def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
         torch.testing.assert_close(logits[k], alone_logits[k], rtol=0, atol=1e-9)
     prefills = [n for n in fed if n > 1]
     assert len(prefills) >= 3 and max(prefills[1:]) < prefills[0] / 2, prefills
+
+
+def test_control_token_probe_reads_the_right_steps():
+    """p at the first position, where the token was sampled, and right after a sampled <tool_call>."""
+    from toolrl.diagnostics import ControlTokenProbe
+
+    probe = ControlTokenProbe({"im_end": 2, "tool_call": 5})
+    logits = torch.log(torch.tensor([
+        [[0.1, 0.1, 0.2, 0.1, 0.1, 0.4], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]],  # step 0, rows 0 and 1
+        [[0.2, 0.1, 0.6, 0.0, 0.0, 0.1], [0.1, 0.1, 0.3, 0.1, 0.1, 0.3]],  # step 1
+    ]))
+    for step in logits:
+        probe(torch.zeros(2, 1, dtype=torch.long), step)
+    new = torch.tensor([[5, 2], [0, 2]])  # row 0: <tool_call> then <|im_end|>; row 1: content then <|im_end|>
+    rec = probe.stats(new, [2, 2])
+    approx = pytest.approx
+    assert rec[0]["p_tool_call/first"] == approx([0.4]) and rec[0]["p_im_end/first"] == approx([0.2])
+    assert rec[0]["p_tool_call/sampled"] == approx([0.4]) and rec[0]["p_im_end/sampled"] == approx([0.6])
+    assert rec[0]["p_im_end/after_tool_call"] == approx([0.6]) and rec[0]["p_content/after_tool_call"] == approx([0.3])
+    assert rec[0]["p_content/first"] == approx([0.4])
+    assert rec[1]["p_tool_call/sampled"] == [] and rec[1]["p_im_end/after_tool_call"] == []
+    assert rec[1]["p_im_end/sampled"] == approx([0.3]) and rec[1]["p_content/first"] == approx([0.8])

@@ -41,7 +41,9 @@ class ControlTokenProbe(LogitsProcessor):
     """Records p(<|im_end|>) and p(<tool_call>) at every generation step, for every row.
 
     A logits processor sees the full next-token distribution for free during `generate`; keeping
-    two floats per step (not the whole vocabulary) keeps this cheap for a 150k-token vocabulary."""
+    two floats per step (not the whole vocabulary) keeps this cheap for a 150k-token vocabulary,
+    and they stay on the model's device until `stats` (a copy to the host every step would make
+    the GPU wait for each token)."""
 
     def __init__(self, token_ids: dict[str, int]):
         self.names = list(token_ids)
@@ -50,7 +52,7 @@ class ControlTokenProbe(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = torch.softmax(scores.float(), dim=-1)
-        self.steps.append(probs[:, self.ids.to(scores.device)].cpu())
+        self.steps.append(probs[:, self.ids.to(scores.device)])
         return scores
 
     def reset(self) -> None:
@@ -64,23 +66,23 @@ class ControlTokenProbe(LogitsProcessor):
         content token of a JSON body is `{` for one vocabulary and `{"` for another)."""
         if not self.steps:
             return [{} for _ in lengths]
-        probs = torch.stack(self.steps, dim=1)  # rows × steps × tokens
-        tool_call = dict(zip(self.names, self.ids.tolist())).get("tool_call")
+        stacked = torch.stack(self.steps, dim=1).cpu()  # rows × steps × tokens
+        probs = stacked.tolist()
+        content_all = (1.0 - stacked.sum(dim=-1)).tolist()
+        ids = self.ids.tolist()
+        tool_call = dict(zip(self.names, ids)).get("tool_call")
         out = []
         for row, n in enumerate(lengths):
             rec: dict[str, list[float]] = {}
             toks = new_tokens[row, :n].tolist()
+            p, content = probs[row], content_all[row]
+            after_call = [t for t in range(1, n) if toks[t - 1] == tool_call]
             for j, name in enumerate(self.names):
-                rec[f"p_{name}/first"] = [probs[row, 0, j].item()]
-                rec[f"p_{name}/sampled"] = [
-                    probs[row, t, j].item() for t, tok in enumerate(toks) if tok == self.ids[j].item()
-                ]
-                rec[f"p_{name}/after_tool_call"] = [
-                    probs[row, t, j].item() for t in range(1, n) if toks[t - 1] == tool_call
-                ]
-            content = 1.0 - probs[row].sum(dim=-1)
-            rec["p_content/first"] = [content[0].item()]
-            rec["p_content/after_tool_call"] = [content[t].item() for t in range(1, n) if toks[t - 1] == tool_call]
+                rec[f"p_{name}/first"] = [p[0][j]]
+                rec[f"p_{name}/sampled"] = [p[t][j] for t, tok in enumerate(toks) if tok == ids[j]]
+                rec[f"p_{name}/after_tool_call"] = [p[t][j] for t in after_call]
+            rec["p_content/first"] = [content[0]]
+            rec["p_content/after_tool_call"] = [content[t] for t in after_call]
             out.append(rec)
         return out
 
