@@ -38,7 +38,9 @@ SWEEP = str(CFG.sweep_dir)
 # Jobs read the resolved config (file + --config overrides + defaults), written only when it
 # changes so its mtime does not retrigger the DAG.
 RESOLVED = Path(SWEEP) / "config.yaml"
-_resolved_text = yaml.safe_dump(to_dict(CFG), sort_keys=False)
+# The config as plain data, once: every `section_hash` below reads it (a conversion is ~0.1 s).
+CFG_DATA = to_dict(CFG)
+_resolved_text = yaml.safe_dump(CFG_DATA, sort_keys=False)
 if not RESOLVED.exists() or RESOLVED.read_text() != _resolved_text:
     write_text(RESOLVED, _resolved_text)
 
@@ -47,10 +49,9 @@ CELLS = grid(CFG)
 
 @functools.cache
 def train_stage(signal: str, scheme: str) -> str:
-    """The config hash of a train job's sections, once per signal × scheme pair: hashing converts
-    the whole config to plain data (~70 ms), which for every job of a 150-cell grid was most of
-    `snakemake -n`."""
-    return section_hash(CFG, *cell_sections(signal, scheme))
+    """The config hash of a train job's sections, once per signal × scheme pair: hashing for every
+    job of a 150-cell grid was most of `snakemake -n`."""
+    return section_hash(CFG_DATA, *cell_sections(signal, scheme))
 
 
 # A GGUF model is converted once (rule convert_model) and the warm-up starts from the result.

@@ -5,7 +5,7 @@ rule prepare:
         expand(f"{SWEEP}/data/{{name}}.jsonl", name=["warmup", "rl", "id", "content_ood"]),
     params:
         config=RESOLVED,
-        world=section_hash(CFG, "world"),
+        world=section_hash(CFG_DATA, "world"),
         out=f"{SWEEP}/data",
     log:
         f"{SWEEP}/logs/prepare.log",
@@ -41,7 +41,7 @@ rule mlflow_init:
         config=RESOLVED,
         # log_models is read by the jobs that log models; switching it must not recreate the
         # experiment (and with it rerun every job downstream).
-        mlflow=section_hash(CFG, "mlflow", exclude=("mlflow.log_models",)),
+        mlflow=section_hash(CFG_DATA, "mlflow", exclude=("mlflow.log_models",)),
     log:
         f"{SWEEP}/logs/mlflow_init.log",
     conda:

@@ -7,7 +7,7 @@ rule evaluate:
         f"{SWEEP}/runs/{CELL}/eval/{{split}}.json",
     params:
         config=RESOLVED,
-        stage=section_hash(CFG, "rollout", "diagnostics.restore_splits", "diagnostics.forbid"),
+        stage=section_hash(CFG_DATA, "rollout", "diagnostics.restore_splits", "diagnostics.forbid"),
         data=f"{SWEEP}/data",
     threads: CFG.resources.threads
     resources:
@@ -34,7 +34,7 @@ rule evaluate_base:
         f"{SWEEP}/base/eval/{{split}}.json",
     params:
         config=RESOLVED,
-        stage=section_hash(CFG, "rollout", "diagnostics.restore_splits", "diagnostics.forbid"),
+        stage=section_hash(CFG_DATA, "rollout", "diagnostics.restore_splits", "diagnostics.forbid"),
         data=f"{SWEEP}/data",
     threads: CFG.resources.threads
     resources:

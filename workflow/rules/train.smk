@@ -9,7 +9,7 @@ rule warmup:
         report=f"{SWEEP}/base/warmup.json",
     params:
         config=RESOLVED,
-        stage=section_hash(CFG, "model", "warmup", "rollout"),
+        stage=section_hash(CFG_DATA, "model", "warmup", "rollout"),
         data=f"{SWEEP}/data",
         out=f"{SWEEP}/base",
     threads: CFG.resources.warmup_threads
