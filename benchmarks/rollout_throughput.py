@@ -55,12 +55,10 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # toolrl from this checkout, installed or not (a bare GPU machine)
 
-from toolrl import config as configs, model as models, rollout  # noqa: E402
-from toolrl.data import echo_messages, make_splits  # noqa: E402
+from toolrl import config as configs, model as models, rollout, warmup  # noqa: E402
+from toolrl.data import make_splits  # noqa: E402
 from toolrl.envs.base import Task  # noqa: E402
-from toolrl.envs.synthetic import VALUE_TOKENS  # noqa: E402
-from toolrl.episode import expert_messages  # noqa: E402
-from toolrl.formats import FORMATS, Format, get_format  # noqa: E402
+from toolrl.formats import Format, get_format  # noqa: E402
 
 HEAVY = ("trl", "mlflow", "datasets", "snakemake")
 # Sampled message lengths (tokens, <|im_end|> included) → count, measured on the warm-up checkpoint
@@ -155,24 +153,6 @@ class Timed:
         self.seconds, self.calls = 0.0, 0
 
 
-def build_default(cfg: configs.Config, warmup: list[Task], seed: int) -> tuple[torch.nn.Module, Any]:
-    """The warm-up's tiny model and tokenizer (toolrl/warmup.py, `source is None`), without
-    importing the warm-up stage itself (it imports trl)."""
-    rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")
-    train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
-    other_fmts = [get_format(n, cfg.world.prompt_style) for n in FORMATS if n != cfg.world.train_format]
-    share = cfg.warmup.train_format_share
-
-    def trajectory() -> list[dict[str, str]]:
-        fmt = train_fmt if rng.random() < share else rng.choice(other_fmts)
-        return expert_messages(rng.choice(warmup), fmt)
-
-    corpus = ["\n".join(m["role"] + "\n" + m["content"] for m in trajectory()) for _ in range(5000)]
-    corpus += [m["content"] for _ in range(500) for m in echo_messages(rng)]
-    tokenizer = models.build_tokenizer(corpus, VALUE_TOKENS)
-    return models.build_tiny_model(cfg.model.tiny, tokenizer, seed), tokenizer
-
-
 def run_side(batched: bool, model: torch.nn.Module, tokenizer: Any, tasks: list[Task], fmt: Format,
              cfg: configs.RolloutConfig, seed: int, timer: Timed) -> Side:
     """All episodes in one `rollout.run` (batched) or one `rollout.run` per episode (baseline)."""
@@ -232,7 +212,8 @@ def main() -> None:
     fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
     splits = make_splits(cfg.world)
     if args.model is None:
-        model, tokenizer = build_default(cfg, splits["warmup"], args.seed)
+        rng = random.Random(f"{cfg.world.seed}:warmup-sft:{args.seed}")  # the warm-up's own
+        model, tokenizer = warmup.build_tiny(cfg, warmup.trajectory_source(cfg, splits["warmup"], rng), rng, args.seed)
         shape = (tokenizer.convert_tokens_to_ids(models.EOS), tokenizer.convert_tokens_to_ids("<tool_call>"),
                  tokenizer.convert_tokens_to_ids("</tool_response>"))
         source = f"tiny default, untrained, message lengths shaped ({models.n_params(model) / 1e6:.2f} M params)"

@@ -12,15 +12,16 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-from toolrl import evaluate, model as models, sft
+from toolrl import evaluate, model as models
 from toolrl.config import FORMATS, Config
 from toolrl.data import echo_messages, read_tasks
+from toolrl.envs.base import Task
 from toolrl.envs.synthetic import VALUE_TOKENS
-from toolrl.episode import expert_messages
+from toolrl.episode import Message, expert_messages
 from toolrl.formats import get_format
 from toolrl.guards import NonFiniteGuard
 
@@ -61,18 +62,38 @@ class CurveCallback(TrainerCallback):
         log.info("warm-up step %d: id success %.1f%% after %.0f s of training", step, 100 * success, train_s)
 
 
-def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: str | None = None) -> dict[str, Any]:
-    """`pretrained` replaces model.name_or_path where the workflow converted it first (GGUF)."""
-    source = pretrained or cfg.model.name_or_path
-    rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")
-    tasks = read_tasks(data_dir / "warmup.jsonl")
+def trajectory_source(cfg: Config, tasks: list[Task], rng: random.Random) -> Callable[[], list[Message]]:
+    """Expert trajectories of random warm-up tasks: in the train format with probability
+    `warmup.train_format_share`, otherwise in another format."""
     train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
     other_fmts = [get_format(n, cfg.world.prompt_style) for n in FORMATS if n != cfg.world.train_format]
-    share = cfg.warmup.train_format_share
 
-    def trajectory() -> list[dict[str, str]]:
-        fmt = train_fmt if rng.random() < share else rng.choice(other_fmts)
+    def trajectory() -> list[Message]:
+        fmt = train_fmt if rng.random() < cfg.warmup.train_format_share else rng.choice(other_fmts)
         return expert_messages(rng.choice(tasks), fmt)
+
+    return trajectory
+
+
+def build_tiny(cfg: Config, trajectory: Callable[[], list[Message]], rng: random.Random,
+               seed: int) -> tuple[Any, PreTrainedTokenizerBase]:
+    """The tiny default, untrained: a tokenizer trained on 5,000 trajectories and 500 echo
+    examples, then a model of `model.tiny`'s shape. Needs neither trl nor datasets, so
+    benchmarks/rollout_throughput.py builds the same model on a machine without them."""
+    corpus = ["\n".join(m["role"] + "\n" + m["content"] for m in trajectory()) for _ in range(5000)]
+    corpus += [m["content"] for _ in range(500) for m in echo_messages(rng)]
+    tokenizer = models.build_tokenizer(corpus, VALUE_TOKENS)
+    return models.build_tiny_model(cfg.model.tiny, tokenizer, seed), tokenizer
+
+
+def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: str | None = None) -> dict[str, Any]:
+    """`pretrained` replaces model.name_or_path where the workflow converted it first (GGUF)."""
+    from toolrl import sft  # imports trl: here, so that build_tiny's importers need not have it
+
+    source = pretrained or cfg.model.name_or_path
+    rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")
+    train_fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
+    trajectory = trajectory_source(cfg, read_tasks(data_dir / "warmup.jsonl"), rng)
 
     def echo() -> list[dict[str, str]]:
         return echo_messages(rng)
@@ -84,10 +105,7 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: s
         return {"params": models.n_params(model), "steps": 0, "wall_seconds": 0.0, "train_seconds": 0.0,
                 "curve": [], "loss": []}
     if source is None:
-        corpus = ["\n".join(m["role"] + "\n" + m["content"] for m in trajectory()) for _ in range(5000)]
-        corpus += [m["content"] for _ in range(500) for m in echo()]
-        tokenizer = models.build_tokenizer(corpus, VALUE_TOKENS)
-        model = models.build_tiny_model(cfg.model.tiny, tokenizer, seed)
+        model, tokenizer = build_tiny(cfg, trajectory, rng, seed)
     else:
         model, tokenizer = models.load(source, cfg.model.enable_thinking)
     log.info("warm-up model: %.2f M parameters, vocabulary %d", models.n_params(model) / 1e6, len(tokenizer))
