@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,89 @@ def test_concurrent_writers(store: dict[str, Any]) -> None:
         reward = client.get_metric_history(run.info.run_id, "reward")
         assert sorted((m.step, m.value) for m in loss) == [(s, index + s / 100) for s in range(STEPS)]
         assert sorted((m.step, m.value) for m in reward) == [(s, float(s)) for s in range(STEPS)]
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside the process: nothing after it runs."""
+
+
+def test_a_setup_job_killed_while_creating_the_schema_leaves_a_store_its_rerun_can_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow migrates a new sqlite schema step by step, each step's DDL committed before its
+    version stamp. Killed between the two, the setup job used to leave a mlflow.db that every
+    later open refused ("table ... already exists"), so no rerun could ever recover."""
+    from alembic.runtime.migration import HeadMaintainer
+
+    stamp = HeadMaintainer.update_to_step
+    steps: list[Any] = []
+
+    def killed_at_step_10(self: Any, step: Any) -> None:
+        steps.append(step)
+        if len(steps) == 10:
+            raise _Killed
+        stamp(self, step)
+
+    uri, out = default_tracking_uri(tmp_path), tmp_path / "experiment.json"
+    monkeypatch.setattr(HeadMaintainer, "update_to_step", killed_at_step_10)
+    with pytest.raises(_Killed):
+        init_store(uri, EXPERIMENT, tmp_path / "mlruns", out)
+    assert not (tmp_path / "mlflow.db").exists() and list(tmp_path.glob(".mlflow.db.*.tmp"))
+    monkeypatch.undo()
+
+    experiment_id = init_store(uri, EXPERIMENT, tmp_path / "mlruns", out)  # the rerun
+    assert not list(tmp_path.glob(".mlflow.db.*"))
+    with RunLogger(uri, experiment_id, "after", {}, {}) as run:
+        run.log_metrics({"m": 1.0}, step=0)
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_rerun_job_supersedes_its_killed_attempts(store: dict[str, Any]) -> None:
+    """A job killed with SIGKILL leaves its run RUNNING for good. The job's rerun marks it KILLED,
+    and so a FINISHED attempt of the same configuration (killed before Snakemake recorded it):
+    one FINISHED run per job and configuration, none that looks alive and is not."""
+    uri, experiment_id = store["uri"], store["experiment_id"]
+    job, tags = "supersede/cell-a", {"stage": "train"}
+    client = MlflowClient(uri)
+
+    def status(run: RunLogger) -> str:
+        return client.get_run(run.run_id).info.status
+
+    with RunLogger(uri, experiment_id, "a", tags, {"config_hash": "old"}, job=job) as other_config:
+        pass
+    with pytest.raises(RuntimeError), RunLogger(uri, experiment_id, "a", tags, {"config_hash": "h"}, job=job) as failed:
+        raise RuntimeError("out of memory")
+    killed = RunLogger(uri, experiment_id, "a", tags, {"config_hash": "h"}, job=job)  # never ends: SIGKILL
+    other_job = RunLogger(uri, experiment_id, "b", tags, {"config_hash": "h"}, job="supersede/cell-b")
+    killed_tags = client.get_run(killed.run_id).data.tags  # set with the run: an attempt killed at once has them
+    assert killed_tags["job"] == job and killed_tags["stage"] == "train"
+
+    with RunLogger(uri, experiment_id, "a", tags, {"config_hash": "h"}, job=job) as rerun:
+        pass
+    assert status(killed) == "KILLED"
+    assert client.get_run(killed.run_id).data.tags["superseded_by"] == rerun.run_id
+    assert (status(rerun), status(failed), status(other_config), status(other_job)) == (
+        "FINISHED", "FAILED", "FINISHED", "RUNNING")
+
+    # Finished, but Snakemake was killed before it recorded the job: the next attempt supersedes it.
+    with RunLogger(uri, experiment_id, "a", tags, {"config_hash": "h"}, job=job) as again:
+        pass
+    assert (status(rerun), status(again)) == ("KILLED", "FINISHED")
+    runs = client.search_runs([experiment_id], filter_string=f"tags.job = '{job}'")
+    assert Counter((r.data.params["config_hash"], r.info.status) for r in runs) == Counter(
+        {("h", "KILLED"): 2, ("h", "FINISHED"): 1, ("h", "FAILED"): 1, ("old", "FINISHED"): 1})
+
+
+def test_resuming_again_logs_no_value_twice(store: dict[str, Any]) -> None:
+    """The aggregate resumes every training run to log its evaluations; rerun (after a kill, or
+    with other statistics settings) it must not add a second point of an unchanged value."""
+    uri, experiment_id = store["uri"], store["experiment_id"]
+    with RunLogger(uri, experiment_id, "train-c", {}, {}) as train:
+        train.log_metrics({"loss": 0.5}, step=3)
+    for success in (0.25, 0.25, 0.5):
+        with RunLogger(uri, experiment_id, "", {}, {}, run_id=train.run_id) as run:
+            run.log_metrics({"id/success": success, "loss": 0.5}, step=0)
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(train.run_id, "loss")] == [(3, 0.5)]
+    history = client.get_metric_history(train.run_id, "id/success")
+    assert sorted(m.value for m in history) == [0.25, 0.5]

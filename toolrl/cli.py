@@ -34,12 +34,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _tracker(cfg: Config, experiment: Path, run_name: str, tags: dict[str, str], params: dict[str, Any],
-             run_id: str | None = None):
+             run_id: str | None = None, job: str | None = None):
     from toolrl import tracking
 
     exp = tracking.read_experiment(experiment)
     return tracking.RunLogger(exp["tracking_uri"], exp["experiment_id"], run_name,
-                              {"sweep": cfg.sweep.name, **tags}, params, run_id=run_id)
+                              {"sweep": cfg.sweep.name, **tags}, params, run_id=run_id, job=job)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -89,7 +89,7 @@ def cmd_warmup(args: argparse.Namespace) -> None:
     out = Path(args.out)
     report = warmup.run(cfg, Path(args.data), out, pretrained=args.pretrained)
     with _tracker(cfg, Path(args.experiment), "warmup", {"stage": "warmup"},
-                  {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")}) as run:
+                  {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")}, job="warmup") as run:
         for point in report["loss"]:
             run.log_metrics({"warmup/loss": point["loss"]}, step=point["step"])
         for point in report["curve"]:
@@ -97,7 +97,8 @@ def cmd_warmup(args: argparse.Namespace) -> None:
         if cfg.mlflow.log_models:
             run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
-    write_json(out / "warmup.json", report)
+        run.flush()
+        write_json(out / "warmup.json", report)  # before the run is FINISHED: see cmd_train
     if report["curve"]:
         log.info("warm-up: %d steps in %.0f s; id success %.1f%%", report["steps"], report["train_seconds"],
                  100 * report["curve"][-1]["id_success"])
@@ -122,14 +123,17 @@ def cmd_train(args: argparse.Namespace) -> None:
               "seed": cell.seed, **sections(cfg, *cell_sections(cell.signal, cell.scheme))}
     tags = {"stage": "train", "cell": cell.path, "signal": cell.signal, "scheme": cell.scheme,
             "lr": str(cell.lr), "seed": str(cell.seed)}
-    with _tracker(cfg, Path(args.experiment), cell.path, tags, params) as run:
+    with _tracker(cfg, Path(args.experiment), cell.path, tags, params, job=cell.path) as run:
         for row in rows:
             run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
         if cfg.mlflow.log_models:  # off by default: a model is large, the metrics are what is compared
             run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
-    write_jsonl(out / "train_log.jsonl", rows)
-    write_json(out / "run.json", {"cell": cell.__dict__, **report})
+        # The outputs are written before the run is marked FINISHED, so a FINISHED run always has
+        # them; a job killed before that leaves its run RUNNING, and the rerun marks it KILLED.
+        run.flush()
+        write_jsonl(out / "train_log.jsonl", rows)
+        write_json(out / "run.json", {"cell": cell.__dict__, **report})
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

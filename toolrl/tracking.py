@@ -18,6 +18,11 @@ survive the sweep's parallel jobs. Measured with mlflow 3.17.2 on a sqlite store
 * A tracking server (`http://...`, a team's `mlflow server`) keeps its own artifact store: an
   experiment created there gets the server's default location (`mlflow-artifacts:/...`, proxied
   through the server), not a path on the machine that happened to create it.
+* MLflow builds a new sqlite schema in many migrations, each committed on its own: a setup job
+  killed between two leaves a database that every later open refuses ("table trace_info already
+  exists"), so a new sqlite store is built under a temporary name and renamed into place.
+* A job killed with SIGKILL never ends its run, which then stays RUNNING for good; its rerun
+  finds it by the `job` tag and marks it KILLED (see `RunLogger`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -41,7 +47,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from mlflow import MlflowClient
-from mlflow.entities import Experiment, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (
@@ -59,6 +65,10 @@ log = logging.getLogger(__name__)
 # and a crash loses at most this many points.
 AUTO_FLUSH_METRICS = 500
 EXPERIMENT_KEYS = ("tracking_uri", "experiment_id", "experiment_name")
+JOB_TAG = "job"
+SUPERSEDED_TAG = "superseded_by"
+# Statuses of a run whose process may still be writing to it, as far as the store knows.
+ALIVE = (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))
 
 
 class TrackingError(ValueError):
@@ -133,6 +143,35 @@ def default_tracking_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve().as_posix()}/mlflow.db"
 
 
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI; None for other stores and in-memory sqlite."""
+    from sqlalchemy.engine import make_url  # a dependency of mlflow's own SQL stores
+
+    if not tracking_uri.lower().startswith("sqlite:"):
+        return None
+    database = make_url(tracking_uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _create_sqlite_store(db: Path, artifact_root: str) -> None:
+    """Migrate a new store's schema under a temporary name and rename it into place, so the
+    store file exists only once it is complete (see the module docstring); a killed attempt's
+    temporary file (and its sqlite journal) is removed first. `artifact_root` is where the
+    Default experiment would keep artifacts."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db.parent.glob(f".{db.name}.*.tmp*"):
+        stale.unlink()
+    # A name of its own: MLflow caches a store's engine by URI for the life of the process.
+    fd, name = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    store = SqlAlchemyStore(f"sqlite:///{tmp.resolve().as_posix()}", artifact_root)
+    store.engine.dispose()
+    os.replace(tmp, db)
+
+
 def init_store(tracking_uri: str, experiment_name: str, artifact_location: Path, out: Path) -> str:
     """Create the schema and the experiment once, before any parallel job, and record its id.
 
@@ -145,8 +184,11 @@ def init_store(tracking_uri: str, experiment_name: str, artifact_location: Path,
     re-reading the experiment after RESOURCE_ALREADY_EXISTS. The JSON in `out` is written via a
     temp file and `os.replace`, so a job never reads a half-written file.
     """
-    client = MlflowClient(tracking_uri)  # opening the store creates or migrates the schema
     location = None if is_server_uri(tracking_uri) else Path(artifact_location).resolve().as_uri()
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        _create_sqlite_store(db, Path(artifact_location).resolve().as_uri())
+    client = MlflowClient(tracking_uri)  # opening the store creates or migrates the schema
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         try:
@@ -246,9 +288,21 @@ class RunLogger:
     buffered and sent with `log_batch` because per-metric calls are slow on sqlite and slower
     still with concurrent writers.
 
+    `job` names the Snakemake job the run belongs to (a cell's path, "warmup"); it is tagged
+    `job` when the run is created, so even an attempt killed before its first write can be
+    found. A new run supersedes the job's earlier attempts: a run still RUNNING (its process
+    was killed: Snakemake never starts a job while an attempt of it runs), or a FINISHED one
+    with the same `config_hash` param (killed after finishing but before Snakemake recorded
+    the job, or forced to rerun), is marked KILLED and tagged `superseded_by`. So the
+    experiment holds one FINISHED run per job and configuration, and no run looks alive that
+    is not. Failed attempts stay FAILED, and runs of another configuration stay as they are.
+
     With `run_id` an existing run is resumed (evaluation jobs add their metrics to the training
     job's run). A resumed run that is already FINISHED stays FINISHED whatever happens here: an
     evaluation failure is reported by the evaluation job, it does not undo the training run.
+    A metric whose latest value in the resumed run already equals the one logged is not sent
+    again, so rerunning the job that resumes it (the aggregate, after a kill or a change to
+    the statistics) adds no duplicate points.
     """
 
     def __init__(
@@ -259,13 +313,27 @@ class RunLogger:
         tags: Mapping[str, str],
         params: Mapping[str, Any],
         run_id: str | None = None,
+        job: str | None = None,
     ) -> None:
         experiment_id = str(experiment_id)
         self._client = MlflowClient(tracking_uri)
         self._buffer: list[Metric] = []
+        self._latest: dict[str, float] = {}
+        self._run_id: str
         if run_id is None:
-            run = self._client.create_run(experiment_id, run_name=run_name)
+            tags = {**tags, JOB_TAG: job} if job is not None else tags
+            earlier = self._earlier_attempts(experiment_id, job, params) if job is not None else []
+            run = self._client.create_run(
+                experiment_id, run_name=run_name, tags={str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
+            )
+            for old in earlier:
+                self._client.set_tag(old.info.run_id, SUPERSEDED_TAG, run.info.run_id)
+                self._client.set_terminated(old.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+                log.info("run %s (%s, %s) of job %s superseded by %s: marked KILLED", old.info.run_id,
+                         old.info.run_name, old.info.status, job, run.info.run_id)
             self._keep_status = False
+            self._run_id = run.info.run_id
+            self._log_params(params)
         else:
             run = self._client.get_run(run_id)
             if run.info.experiment_id != experiment_id:
@@ -273,21 +341,34 @@ class RunLogger:
                     f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}"
                 )
             self._keep_status = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            self._latest = dict(run.data.metrics)
             log.info("resuming run %s (%s, status %s)", run_id, run.info.run_name, run.info.status)
-        self._run_id: str = run.info.run_id
-        self._log_params_and_tags(params, tags)
+            self._run_id = run.info.run_id
+            self._log_params(params)
+            self._log_tags(tags)
+
+    def _earlier_attempts(self, experiment_id: str, job: str, params: Mapping[str, Any]) -> list[Run]:
+        """The job's runs that a new attempt supersedes (see the class docstring)."""
+        config = str(params.get("config_hash"))
+        runs = self._client.search_runs([experiment_id], filter_string=f"tags.{JOB_TAG} = '{job}'",
+                                        run_view_type=ViewType.ACTIVE_ONLY)
+        finished = RunStatus.to_string(RunStatus.FINISHED)
+        return [r for r in runs if r.info.status in ALIVE
+                or (r.info.status == finished and r.data.params.get("config_hash") == config)]
 
     @property
     def run_id(self) -> str:
         return self._run_id
 
-    def _log_params_and_tags(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    def _log_params(self, params: Mapping[str, Any]) -> None:
         # Params are immutable in mlflow: re-logging an equal value on resume is accepted,
         # a different value raises (the run id points at a run with another configuration).
         param_entities = [Param(k, v) for k, v in flatten_params(params)]
-        tag_entities = [RunTag(str(k), str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for chunk in _chunks(param_entities, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk, synchronous=True)
+
+    def _log_tags(self, tags: Mapping[str, str]) -> None:
+        tag_entities = [RunTag(str(k), str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for chunk in _chunks(tag_entities, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, tags=chunk, synchronous=True)
 
@@ -300,6 +381,8 @@ class RunLogger:
                 log.warning(
                     "run %s: metric %s=%s at step %d is not finite, not logged", self._run_id, key, value, step
                 )
+                continue
+            if self._latest.get(key) == number:
                 continue
             self._buffer.append(Metric(key, number, timestamp, int(step)))
         if len(self._buffer) >= AUTO_FLUSH_METRICS:
