@@ -9,6 +9,7 @@ missing or mistyped key.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -124,8 +125,14 @@ def require(path: Path, doc: Any, key: str, kinds: type | tuple[type, ...], wher
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Build a directory under a temporary name beside `path`, then swap it in."""
+    """Build a directory under a temporary name beside `path`, then swap it in.
+
+    A temporary folder that a killed writer of `path` left (a checkpoint: gigabytes for a real
+    model) is removed first. Only one job writes a given output, so it is no live writer's.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
