@@ -44,13 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE_ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
+def snakemake_command(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores", "2")) -> list[str]:
+    """The command line of the workflow over `config.yaml` + `configfiles`, in the folder `work`."""
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+            "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args]
+
+
 def snakemake(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores", "2")) -> subprocess.CompletedProcess:
     """The workflow over `config.yaml` + `configfiles`, in the folder `work`."""
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args],
-        capture_output=True, text=True, env=SNAKEMAKE_ENV, timeout=1500,
-    )
+    return subprocess.run(snakemake_command(work, *configfiles, args=args), check=False, capture_output=True,
+                          text=True, env=SNAKEMAKE_ENV, timeout=1500)
 
 
 def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:
