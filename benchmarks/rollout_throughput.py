@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/rollout_throughput.py --device cpu
     .venv/bin/python benchmarks/rollout_throughput.py --device cuda --dtype bfloat16
     .venv/bin/python benchmarks/rollout_throughput.py --model results/default/base/model
+    .venv/bin/python benchmarks/rollout_throughput.py --against 22b6822   # vs the engine at a revision
 
 The question: GRPO samples `--group-size` rollouts of each of `--prompts` tasks every step.
 `toolrl.rollout.run` advances all unfinished episodes together (one `model.generate` per round,
@@ -11,6 +12,11 @@ the same engine called once per episode, so every `generate` has a batch of one.
 is shared: the model, tokenizer, chat template, environments, sampling (temperature 1.0, top-p 1,
 no top-k, as in GRPO), the rollout budgets of config.yaml and the seed of each repeat. Only
 batching differs.
+
+With `--against REV` the baseline is instead the batched engine of an earlier revision
+(`git show REV:toolrl/rollout.py`, imported beside today's), every episode at once on both sides:
+what a change to the engine gained. The same seeds then give both sides the same episodes where
+the change is exact.
 
 Tokens are the model-sampled ones (loss mask 1, `<|im_end|>` included), counted from each
 rollout's `env_mask` on both sides. The two sides draw different random numbers, so their
@@ -38,15 +44,19 @@ torch, transformers, tokenizers and omegaconf.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import platform
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -154,22 +164,38 @@ class Timed:
 
 
 def run_side(batched: bool, model: torch.nn.Module, tokenizer: Any, tasks: list[Task], fmt: Format,
-             cfg: configs.RolloutConfig, seed: int, timer: Timed) -> Side:
-    """All episodes in one `rollout.run` (batched) or one `rollout.run` per episode (baseline)."""
+             cfg: configs.RolloutConfig, seed: int, timer: Timed, engine: ModuleType = rollout) -> Side:
+    """All episodes in one `engine.run` (batched) or one `engine.run` per episode (baseline)."""
     timer.reset()
     torch.manual_seed(seed)
     timer.sync()
     t0 = time.perf_counter()
     if batched:
-        rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=True, temperature=1.0)
+        rollouts = engine.run(model, tokenizer, tasks, fmt, cfg, sample=True, temperature=1.0)
     else:
-        rollouts = [r for t in tasks for r in rollout.run(model, tokenizer, [t], fmt, cfg, sample=True,
-                                                           temperature=1.0)]
+        rollouts = [r for t in tasks for r in engine.run(model, tokenizer, [t], fmt, cfg, sample=True,
+                                                         temperature=1.0)]
     timer.sync()
     wall = time.perf_counter() - t0
     return Side(wall, timer.seconds, timer.calls, sum(sum(r.env_mask) for r in rollouts),
                 sum(len(r.episode.states) for r in rollouts), len(rollouts),
                 sum(r.episode.truncated for r in rollouts))
+
+
+def engine_at(rev: str, folder: Path) -> ModuleType:
+    """`toolrl/rollout.py` as it was at git revision `rev`, imported beside today's from a copy in
+    `folder` (it must still run against today's other modules: true back to the batched engine's
+    first version)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:toolrl/rollout.py"], capture_output=True,
+                            text=True, check=True).stdout
+    path = folder / "rollout_at_rev.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("rollout_at_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def device_name(device: torch.device) -> str:
@@ -198,6 +224,9 @@ def main() -> None:
                          "from more, and two threads fighting another job over 2 cores ran 70x slower")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="model dtype on cuda (cpu: always float32)")
+    ap.add_argument("--against", metavar="REV", default=None,
+                    help="baseline: the batched engine of git revision REV instead of one episode at a time "
+                         "(what a change to toolrl/rollout.py gained)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -235,29 +264,37 @@ def main() -> None:
           f"max_new_tokens {r.max_new_tokens}, max_total_tokens {r.max_total_tokens}, "
           f"max_messages {r.max_messages}; temperature 1.0; {args.repeats} repeats")
 
-    # Warm-up (kernels, allocator, the tokenizer's caches): one group batched, one episode alone.
-    run_side(True, model, tokenizer, tasks[: args.group_size], fmt, r, args.seed + 10_000, timer)
-    run_side(False, model, tokenizer, tasks[:1], fmt, r, args.seed + 10_000, timer)
+    # The baseline: one episode at a time through this engine, or every episode through REV's.
+    baseline = f"at {args.against}" if args.against else "per-episode"
+    base_engine, base_batched = rollout, False
+    scratch = tempfile.TemporaryDirectory(prefix="toolrl-engine-")  # removed at exit
+    if args.against:
+        base_engine, base_batched = engine_at(args.against, Path(scratch.name)), True
 
-    results: dict[str, list[Side]] = {"batched": [], "per-episode": []}
+    # Warm-up (kernels, allocator, the tokenizer's caches): one group on each side.
+    run_side(True, model, tokenizer, tasks[: args.group_size], fmt, r, args.seed + 10_000, timer)
+    run_side(base_batched, model, tokenizer, tasks[: args.group_size if base_batched else 1], fmt, r,
+             args.seed + 10_000, timer, base_engine)
+
+    results: dict[str, list[Side]] = {"batched": [], baseline: []}
     for i in range(args.repeats):
-        order = [True, False] if i % 2 == 0 else [False, True]
-        for batched in order:
-            side = run_side(batched, model, tokenizer, tasks, fmt, r, args.seed + i, timer)
-            results["batched" if batched else "per-episode"].append(side)
-    ratios = [b.tokens_per_s / p.tokens_per_s for b, p in zip(results["batched"], results["per-episode"])]
+        for ours in ([True, False] if i % 2 == 0 else [False, True]):
+            side = run_side(True if ours else base_batched, model, tokenizer, tasks, fmt, r, args.seed + i, timer,
+                            rollout if ours else base_engine)
+            results["batched" if ours else baseline].append(side)
+    ratios = [b.tokens_per_s / p.tokens_per_s for b, p in zip(results["batched"], results[baseline])]
 
     print()
-    print(f"{'side':<12} {'tokens/s':>9} {'wall s':>8} {'gen s':>8} {'tokens':>7} {'generate':>9} "
+    print(f"{'side':<16} {'tokens/s':>9} {'wall s':>8} {'gen s':>8} {'tokens':>7} {'generate':>9} "
           f"{'msgs/ep':>8} {'tok/msg':>8} {'trunc':>6}")
     for name, sides in results.items():
         med = sorted(sides, key=lambda s: s.tokens_per_s)[len(sides) // 2]  # the median repeat
-        print(f"{name:<12} {med.tokens_per_s:>9.1f} {med.wall_s:>8.2f} {med.gen_s:>8.2f} {med.tokens:>7d} "
+        print(f"{name:<16} {med.tokens_per_s:>9.1f} {med.wall_s:>8.2f} {med.gen_s:>8.2f} {med.tokens:>7d} "
               f"{med.calls:>9d} {med.messages / med.episodes:>8.2f} {med.tokens / med.messages:>8.1f} "
               f"{med.truncated:>6d}")
     print("(the median repeat of each side; generate = model.generate calls; trunc = episodes cut by a budget)")
     print(f"per-repeat ratios: {', '.join(f'{x:.2f}' for x in ratios)}")
-    print(f"ratio (batched / per-episode): {statistics.median(ratios):.2f}×")
+    print(f"ratio (batched / {baseline}): {statistics.median(ratios):.2f}×")
 
     heavy = sorted(m for m in HEAVY if m in sys.modules)
     if heavy:
