@@ -73,13 +73,18 @@ def json_problem(text: str, error: json.JSONDecodeError) -> str:
     return f"{'truncated' if _unclosed(text) else 'invalid'} ({error})"
 
 
-def read_json(path: Path) -> Any:
+def _json_text(path: Path) -> str:
+    """The text of a JSON or JSON Lines file, failing with the file's name if missing or not UTF-8."""
     if not path.exists():
         raise FileNotFoundError(f"missing file '{path}'")
     try:
-        text = path.read_text()
+        return path.read_text()
     except UnicodeDecodeError as e:
         raise ValueError(f"corrupt JSON in '{path}': not UTF-8 text ({e})") from None
+
+
+def read_json(path: Path) -> Any:
+    text = _json_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -87,12 +92,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"missing file '{path}'")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"corrupt JSON in '{path}': not UTF-8 text ({e})") from None
+    text = _json_text(path)
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         try:
