@@ -8,7 +8,7 @@ Our side is the real workflow (Snakefile, workflow/rules/*.smk, config.yaml) ove
 valid signal × scheme pair (10 pairs of `sweep.pairs`) × `--lrs` learning rates × `--seeds` seeds:
 10 × 5 × 40 = 2,000 train jobs by default. The bare side is a Snakefile generated in a temporary
 folder with the same stages, wildcards, `expand` calls, output files and dependencies (prepare,
-mlflow_init, warmup, evaluate_base × 3 splits, train per cell, evaluate per cell × split,
+mlflow_init, warmup, train per cell, evaluate per cell × split and for the base model × split,
 aggregate, all) but no config, no imports, no params and `touch` for a shell; the script checks
 that both plan the same number of jobs of each rule. What is left between the two is what our
 workflow adds to planning: config loading and validation, hashing, imports, params and input
@@ -37,7 +37,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolrl.config import SCHEMES, SIGNALS, SPLITS, format_lr, load
+from toolrl import plugins
+from toolrl.config import SPLITS, format_lr, load
+
+SIGNALS, SCHEMES = list(plugins.signals()), list(plugins.schemes())
 from toolrl.config import grid as config_grid
 
 # The same stages, outputs and dependencies as workflow/rules/*.smk, with nothing else.
@@ -53,6 +56,7 @@ wildcard_constraints:
     lr="[0-9.e+-]+",
     seed="[0-9]+",
     split="|".join(SPLITS),
+    run="base|runs/signal=[a-z_]+/scheme=[a-z]+/lr=[0-9.e+-]+/seed=[0-9]+",
 
 
 rule all:
@@ -86,16 +90,6 @@ rule warmup:
         "mkdir -p {{output.model}} && touch {{output.report}}"
 
 
-rule evaluate_base:
-    input:
-        data=rules.prepare.output,
-        model=rules.warmup.output.model,
-    output:
-        f"{{SWEEP}}/base/eval/{{{{split}}}}.json",
-    shell:
-        "touch {{output}}"
-
-
 rule train:
     input:
         data=rules.prepare.output,
@@ -112,9 +106,9 @@ rule train:
 rule evaluate:
     input:
         data=rules.prepare.output,
-        model=rules.train.output.model,
+        model=f"{{SWEEP}}/{{{{run}}}}/model",
     output:
-        f"{{SWEEP}}/runs/{{CELL}}/eval/{{{{split}}}}.json",
+        f"{{SWEEP}}/{{{{run}}}}/eval/{{{{split}}}}.json",
     shell:
         "touch {{output}}"
 

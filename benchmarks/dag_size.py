@@ -2,7 +2,7 @@
 (8 signals × 4 schemes give the 10 pairs of `sweep.pairs`) × 3 learning rates × 5 seeds.
 
     .venv/bin/python benchmarks/dag_size.py            # plain `snakemake -n`
-    .venv/bin/python benchmarks/dag_size.py --slurm    # with --workflow-profile workflow/profiles/slurm
+    .venv/bin/python benchmarks/dag_size.py --slurm    # with --workflow-profile profiles/slurm
 
 Runs `snakemake -n --quiet rules` (only the job-count table is printed; `-q` alone prints nothing,
 the per-job listing of `-n` costs more than the planning) in a temporary folder and prints the
@@ -47,7 +47,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
                "--configfile", str(ROOT / "config.yaml"), str(cfg), "-n", "--quiet", "rules", "--cores", "2"]
         if args.slurm:
-            cmd += ["--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm")]
+            cmd += ["--workflow-profile", str(ROOT / "profiles" / "slurm")]
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def main() -> None:
     grid = " × ".join(f"{len(v)} {k}" for k, v in GRID.items())
     print(f"grid: {grid} ({counts.get('train', '?')} valid cells)")
     print(f"jobs: {total.group(1) if total else '?'} ({counts.get('train', '?')} train, {counts.get('evaluate', '?')} evaluate)")
-    print(f"snakemake -n{' --workflow-profile workflow/profiles/slurm' if args.slurm else ''}: "
+    print(f"snakemake -n{' --workflow-profile profiles/slurm' if args.slurm else ''}: "
           + ", ".join(f"{t:.1f} s" for t in times) + (f" (min {min(times):.1f} s)" if len(times) > 1 else "")
           + f" on {os.cpu_count()} cores")
 

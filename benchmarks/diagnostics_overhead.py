@@ -34,10 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolrl import config as configs, diagnostics, episode, grpo, model as models  # noqa: E402
-from toolrl.data import make_splits  # noqa: E402
+from toolrl import config as configs  # noqa: E402
+from toolrl.core import diagnostics, episode  # noqa: E402
+from toolrl.training import grpo  # noqa: E402
+from toolrl.models import model as models  # noqa: E402
+from toolrl.envs.data import make_splits  # noqa: E402
 from toolrl.formats import get_format  # noqa: E402
-from toolrl.warmup import value_token_ids  # noqa: E402
 
 SECONDS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
@@ -89,7 +91,8 @@ def main() -> None:
         last[0] = now
 
     last[0] = time.perf_counter()
-    grpo.train(model, tokenizer, tasks, fmt, cfg, args.signal, "rl", 1e-3, 0, on_step, value_token_ids(tokenizer))
+    signal, scheme = grpo.plugins_for(cfg, args.signal, "rl")
+    grpo.train(model, grpo.cell_context(cfg, tokenizer, tasks, fmt, 0), signal, scheme, 1e-3, on_step)
     # The first step's time also holds the trainer's set-up; the steps are timed from the last
     # log row back, so the diagnostics are compared with what the steps cost together.
     total = sum(step_times)

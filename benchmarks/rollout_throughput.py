@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/rollout_throughput.py --against 22b6822   # vs the engine at a revision
 
 The question: GRPO samples `--group-size` rollouts of each of `--prompts` tasks every step.
-`toolrl.rollout.run` advances all unfinished episodes together (one `model.generate` per round,
+`toolrl.core.rollout.run` advances all unfinished episodes together (one `model.generate` per round,
 finished episodes drop out, then every environment answers). The baseline is the plain loop:
 the same engine called once per episode, so every `generate` has a batch of one. Everything else
 is shared: the model, tokenizer, chat template, environments, sampling (temperature 1.0, top-p 1,
@@ -14,7 +14,7 @@ no top-k, as in GRPO), the rollout budgets of config.yaml and the seed of each r
 batching differs.
 
 With `--against REV` the baseline is instead the batched engine of an earlier revision
-(`git show REV:toolrl/rollout.py`, imported beside today's), every episode at once on both sides:
+(`git show REV:toolrl/core/rollout.py`, imported beside today's), every episode at once on both sides:
 what a change to the engine gained. The same seeds then give both sides the same episodes where
 the change is exact.
 
@@ -65,8 +65,11 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # toolrl from this checkout, installed or not (a bare GPU machine)
 
-from toolrl import config as configs, model as models, rollout, warmup  # noqa: E402
-from toolrl.data import make_splits  # noqa: E402
+from toolrl import config as configs  # noqa: E402
+from toolrl.models import model as models  # noqa: E402
+from toolrl.core import rollout  # noqa: E402
+from toolrl.training import warmup  # noqa: E402
+from toolrl.envs.data import make_splits  # noqa: E402
 from toolrl.envs.base import Task  # noqa: E402
 from toolrl.formats import Format, get_format  # noqa: E402
 
@@ -183,10 +186,10 @@ def run_side(batched: bool, model: torch.nn.Module, tokenizer: Any, tasks: list[
 
 
 def engine_at(rev: str, folder: Path) -> ModuleType:
-    """`toolrl/rollout.py` as it was at git revision `rev`, imported beside today's from a copy in
+    """`toolrl/core/rollout.py` as it was at git revision `rev`, imported beside today's from a copy in
     `folder` (it must still run against today's other modules: true back to the batched engine's
     first version)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:toolrl/rollout.py"], capture_output=True,
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:toolrl/core/rollout.py"], capture_output=True,
                             text=True, check=True).stdout
     path = folder / "rollout_at_rev.py"
     path.write_text(source)
@@ -216,7 +219,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (rl.num_generations)")
     ap.add_argument("--prompts", type=int, default=4, help="tasks per step (rl.prompts_per_step)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the median ratio is reported")
-    ap.add_argument("--model", default=None, help="checkpoint dir for toolrl.model.load (default: the tiny model, "
+    ap.add_argument("--model", default=None, help="checkpoint dir for toolrl.models.model.load (default: the tiny model, "
                                                   "built untrained in-process)")
     ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="world, rollout budgets, tiny model")
     ap.add_argument("--threads", type=int, default=1,
@@ -226,7 +229,7 @@ def main() -> None:
                     help="model dtype on cuda (cpu: always float32)")
     ap.add_argument("--against", metavar="REV", default=None,
                     help="baseline: the batched engine of git revision REV instead of one episode at a time "
-                         "(what a change to toolrl/rollout.py gained)")
+                         "(what a change to toolrl/core/rollout.py gained)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

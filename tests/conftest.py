@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from toolrl.config import WorldConfig
-from toolrl.data import echo_messages, make_splits
+from toolrl.envs.data import echo_messages, make_splits
 from toolrl.envs.synthetic import VALUE_TOKENS
-from toolrl.episode import expert_messages
+from toolrl.core.episode import expert_messages
 from toolrl.formats import get_format
 
 
@@ -28,7 +28,7 @@ def splits(world):
 
 @pytest.fixture(scope="session")
 def tokenizer(splits):
-    from toolrl.model import build_tokenizer
+    from toolrl.models.model import build_tokenizer
 
     rng = random.Random(0)
     fmts = [get_format("json"), get_format("python")]
@@ -65,3 +65,15 @@ def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:
         logs = "\n".join(f"== {f}\n{f.read_text()[-3000:]}" for f in (work / "results").rglob("*.log"))
         pytest.fail(f"snakemake failed:\n{p.stderr[-5000:]}\n{logs}")
     return work / "results" / sweep, p.stdout + p.stderr
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked `gpu` where torch sees no CUDA GPU (torch is imported only if any is collected)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))

@@ -25,7 +25,7 @@ from toolrl.envs.acebench import (
     scenario_class,
 )
 from toolrl.envs.base import Call, Task
-from toolrl.episode import Episode
+from toolrl.core.episode import Episode
 from toolrl.formats import get_format
 
 FMT = get_format("json")

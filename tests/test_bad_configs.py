@@ -37,9 +37,9 @@ TABLE: list[tuple[dict, str]] = [
     ({"world": {"n_eval_tasks": 0}}, "config key 'world.n_eval_tasks': must be > 0, got 0"),
     # impossible grids
     ({"sweep": {"signals": ["magic"]}},
-     "config key 'sweep.signals': unknown value 'magic' (choose from none, sft, ops, hbg, ets, prs, ctrl, void_filter)"),
+     "config key 'sweep.signals': unknown value 'magic' (choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)"),
     ({"sweep": {"schemes": ["sometimes"]}},
-     "config key 'sweep.schemes': unknown value 'sometimes' (choose from rl, sequential, synchronous, interleaved)"),
+     "config key 'sweep.schemes': unknown value 'sometimes' (choose from interleaved, rl, sequential, synchronous)"),
     ({"sweep": {"learning_rates": [0.0]}}, "config key 'sweep.learning_rates': learning rate 0.0 must be > 0"),
     ({"sweep": {"seeds": []}}, "config key 'sweep.seeds': must not be empty"),
     ({"sweep": {"seeds": [0, 0]}}, "config key 'sweep.seeds': must not repeat a seed"),
@@ -49,7 +49,7 @@ TABLE: list[tuple[dict, str]] = [
     ({"signals": {"ops": {"k": 8}}},
      "config key 'signals.ops.k': must be in [1, rl.num_generations - 1] = [1, 7], got 8"),
     # unknown formats and backends
-    ({"world": {"backend": "gym"}}, "config key 'world.backend': unknown backend 'gym' (choose from synthetic, bfcl)"),
+    ({"world": {"backend": "gym"}}, "config key 'world.backend': unknown backend 'gym' (choose from bfcl, synthetic)"),
     ({"world": {"train_format": "xml"}}, "config key 'world.train_format': unknown format 'xml' (choose from json, python)"),
     ({"world": {"ood_format": "json"}}, "config key 'world.ood_format': must differ from world.train_format"),
     ({"world": {"prompt_style": "verbose"}}, "config key 'world.prompt_style': choose from compact, full"),
@@ -88,7 +88,7 @@ def test_unwritable_results_dir(tmp_path):
 
 @pytest.mark.parametrize("override,shown", [
     ({"sweep": {"bogus": 1}}, "Additional properties are not allowed ('bogus' was unexpected)"),  # the schema
-    ({"world": {"backend": "gym"}}, "'gym' is not one of ['synthetic', 'bfcl']"),  # the schema
+    ({"world": {"backend": "gym"}}, "'gym' is not one of ['bfcl', 'synthetic']"),  # the schema
     ({"model": {"name_or_path": "/no/such/checkpoint"}}, "config key 'model.name_or_path'"),  # config.load
     ("results_dir", "config key 'results_dir'"),  # config.load
 ])

@@ -15,7 +15,7 @@ from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import response_c
 
 from toolrl.envs import bfcl  # noqa: E402
 from toolrl.envs.base import Call, Task  # noqa: E402
-from toolrl.episode import Episode, expert_messages  # noqa: E402
+from toolrl.core.episode import Episode, expert_messages  # noqa: E402
 from toolrl.formats import get_format  # noqa: E402
 
 JSON = get_format("json", "full")

@@ -13,10 +13,10 @@ from conftest import run_sweep
 
 pytest.importorskip("bfcl_eval")
 
-from toolrl import model as models  # noqa: E402
+from toolrl.models import model as models  # noqa: E402
 from toolrl.config import TinyModelConfig  # noqa: E402
 from toolrl.envs import bfcl  # noqa: E402
-from toolrl.episode import expert_messages  # noqa: E402
+from toolrl.core.episode import expert_messages  # noqa: E402
 from toolrl.formats import get_format  # noqa: E402
 
 pytestmark = pytest.mark.slow

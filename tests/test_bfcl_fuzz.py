@@ -16,7 +16,7 @@ pytest.importorskip("bfcl_eval")
 
 from toolrl.envs import bfcl  # noqa: E402
 from toolrl.envs.base import Task  # noqa: E402
-from toolrl.episode import Episode  # noqa: E402
+from toolrl.core.episode import Episode  # noqa: E402
 from toolrl.formats import get_format  # noqa: E402
 
 N_MESSAGES = 1200

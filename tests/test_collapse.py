@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolrl.collapse import PROBES, detect, series
+from toolrl.analysis.collapse import PROBES, detect, series
 
 HEALTHY = {"p_tool_call/first": 0.95, "p_im_end/first": 0.01, "p_content/first": 0.04,
            "p_im_end/after_tool_call": 0.02, "p_tool_call/after_tool_call": 0.01,

@@ -53,7 +53,7 @@ def test_schema_lists_every_published_reference():
     from toolrl.paper import PUBLISHED
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
-    assert schema["properties"]["aggregate"]["properties"]["paper"]["enum"] == [None, *PUBLISHED]
+    assert schema["properties"]["aggregate"]["properties"]["paper"]["enum"] == [*PUBLISHED, None]
 
 
 @pytest.mark.parametrize("override,key", BAD)
@@ -134,9 +134,10 @@ def test_command_line_strings_are_read_as_scalars():
 
 
 def test_grid_builds_only_the_meaningful_pairs():
-    from toolrl.config import SCHEMES, SIGNALS, grid
+    from toolrl import plugins
+    from toolrl.config import grid
 
-    cfg = load(ROOT / "config.yaml", {"sweep": {"signals": list(SIGNALS), "schemes": list(SCHEMES),
+    cfg = load(ROOT / "config.yaml", {"sweep": {"signals": list(plugins.signals()), "schemes": list(plugins.schemes()),
                                                 "learning_rates": [1e-4, 1e-3], "seeds": [0, 1, 2], "exclude": []}})
     pairs = {(c.signal, c.scheme) for c in grid(cfg)}
     assert pairs == {(s, x) for s, xs in cfg.sweep.pairs.items() for x in xs}

@@ -22,13 +22,13 @@ from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from toolrl import cli
-from toolrl import model as models
-from toolrl.checkpoint import safetensors_problem
+from toolrl.models import model as models
+from toolrl.models.checkpoint import safetensors_problem
 from toolrl.config import SPLITS, TinyModelConfig, WorldConfig, grid, load
-from toolrl.data import echo_messages, make_splits, read_tasks, write_splits
+from toolrl.envs.data import echo_messages, make_splits, read_tasks, write_splits
 from toolrl.envs.synthetic import VALUE_TOKENS
 from toolrl.io import read_json, write_json, write_jsonl
-from toolrl.report import aggregate, read_eval
+from toolrl.analysis.report import aggregate, read_eval
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                        max_position_embeddings=256)
@@ -190,7 +190,8 @@ def test_evaluate_job_names_a_damaged_checkpoint_and_a_damaged_task_file(good, t
     data = tmp_path / "data"
     write_splits(tasks, data)
     out = tmp_path / "eval" / "id.json"
-    argv = ["evaluate", "--config", str(config), "--data", str(data), "--split", "id", "--out", str(out)]
+    argv = ["evaluate", "--config", str(config), "--data", str(data), "--split", "id", "--out", str(out),
+            "--run", "base"]
 
     bad = _damaged(good, tmp_path, _cut("model.safetensors", lambda n: n - 100))
     message = _cli_error(caplog, [*argv, "--model", str(bad)])
@@ -357,9 +358,9 @@ def test_every_cut_of_a_json_file_reads_as_truncated(tmp_path):
 
 # Writes that bypass toolrl.io, each with why it cannot leave a partial output: (module, call) → reason.
 ALLOWED_WRITES = {
-    ("toolrl/plots.py", "savefig"): "renders into an in-memory buffer; report.py writes the bytes with write_bytes",
-    ("toolrl/model.py", "save_pretrained"): "inside atomic_dir",
-    ("toolrl/gguf.py", "save_pretrained"): "inside atomic_dir",
+    ("toolrl/analysis/plots.py", "savefig"): "renders into an in-memory buffer; report.py writes the bytes with write_bytes",
+    ("toolrl/models/model.py", "save_pretrained"): "inside atomic_dir",
+    ("toolrl/models/gguf.py", "save_pretrained"): "inside atomic_dir",
     ("toolrl/tracking.py", "open"): "the local MLflow server's own log, not a sweep output",
 }
 # Methods that write a file whatever they are called on (`open` only with a mode that writes),

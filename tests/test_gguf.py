@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from toolrl import gguf, rollout
-from toolrl.model import load
+from toolrl.models import gguf
+from toolrl.core import rollout
+from toolrl.models.model import load
 
 # SmolLM2-135M-Instruct's own template, as its GGUF ships it.
 SMOLLM2_TEMPLATE = (

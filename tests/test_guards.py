@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from toolrl import model as models
-from toolrl import sft
+from toolrl.models import model as models
+from toolrl.training import sft
 from toolrl.config import TinyModelConfig
-from toolrl.data import echo_messages
-from toolrl.guards import NonFiniteError, NonFiniteGuard, check_finite
-from toolrl.warmup import value_token_ids
+from toolrl.envs.data import echo_messages
+from toolrl.models.guards import NonFiniteError, NonFiniteGuard, check_finite
+from toolrl.training.warmup import value_token_ids
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                        max_position_embeddings=256)

@@ -19,7 +19,7 @@ from conftest import ROOT, run_sweep
 
 from toolrl.tracking import local_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 EXPERIMENT = "toolrl-server-test"
 SPLITS = ("id", "format_ood", "content_ood")

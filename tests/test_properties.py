@@ -42,7 +42,7 @@ from hypothesis import (
 )
 from hypothesis import strategies as st
 
-from toolrl.diagnostics import STATES, output_state
+from toolrl.core.diagnostics import STATES, output_state
 from toolrl.envs import bfcl, synthetic
 from toolrl.envs.base import (
     MAX_ARGUMENT_CHARS,
@@ -51,9 +51,9 @@ from toolrl.envs.base import (
     Task,
     argument_problem,
 )
-from toolrl.episode import Episode
+from toolrl.core.episode import Episode
 from toolrl.formats import FORMATS, get_format
-from toolrl.reflect import Deviation, first_deviation, rule_reflection
+from toolrl.core.reflect import Deviation, first_deviation, rule_reflection
 
 # ast.parse warns about invalid escapes ("\d") in the model's text; the parsers still answer.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning",

@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from toolrl import reflect
+from toolrl.core import reflect
 from toolrl.config import JudgeConfig, TinyModelConfig
 from toolrl.envs.base import Call, Task, Turn
 from toolrl.envs.synthetic import DOMAINS, VALUES
-from toolrl.episode import Episode, expert_messages
+from toolrl.core.episode import Episode, expert_messages
 from toolrl.formats import get_format
-from toolrl.reflect import (
+from toolrl.core.reflect import (
     first_deviation,
     make_judge,
     reflection_example,
@@ -387,7 +387,7 @@ def test_openai_judge_errors(splits, stub_url, monkeypatch):
 
 
 def test_hf_judge(splits, tokenizer, tmp_path):
-    from toolrl.model import build_tiny_model, save
+    from toolrl.models.model import build_tiny_model, save
 
     cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                           max_position_embeddings=4096)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toolrl.report import aggregate
+from toolrl.analysis.report import aggregate
 
 SPLITS = ("id", "format_ood", "content_ood")
 BASELINE = {"signal": "none", "scheme": "rl", "lr": None, "seed": None}
@@ -515,7 +515,7 @@ def _with_categories(sweep: Path) -> None:
 
 
 def test_iqm_and_probability_of_improvement_use_seed_by_category_scores(sweep):
-    from toolrl.stats import iqm, probability_of_improvement
+    from toolrl.analysis.stats import iqm, probability_of_improvement
 
     _with_categories(sweep)
     summary = aggregate(sweep, BASELINE, n_resamples=200)
@@ -639,7 +639,7 @@ def test_paper_numbers_sit_beside_ours(grid):
 
 def test_benjamini_hochberg_correction_applies(grid):
     _, summary = grid
-    from toolrl.stats import benjamini_hochberg
+    from toolrl.analysis.stats import benjamini_hochberg
 
     compared = [g for g in summary["groups"] if g["comparison"]]
     raw = [g["comparison"]["id"]["welch_p"] for g in compared]

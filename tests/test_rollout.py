@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from toolrl import rollout
+from toolrl.core import rollout
 from toolrl.config import RolloutConfig, TinyModelConfig
-from toolrl.episode import expert_messages
+from toolrl.core.episode import expert_messages
 from toolrl.formats import get_format
-from toolrl.model import build_tiny_model
+from toolrl.models.model import build_tiny_model
 
 
 class ScriptedModel(torch.nn.Module):
@@ -139,7 +139,7 @@ def test_hint_is_sampled_but_not_scored(splits, tokenizer):
 
 def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
     from toolrl.config import ForbidRule
-    from toolrl.diagnostics import ForbidPatterns, forbid_rules
+    from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
 
     vocab = tokenizer.get_vocab()
     tc, end = vocab["<tool_call>"], vocab["<|im_end|>"]
@@ -211,7 +211,7 @@ def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
 
 def test_control_token_probe_reads_the_right_steps():
     """p at the first position, where the token was sampled, and right after a sampled <tool_call>."""
-    from toolrl.diagnostics import ControlTokenProbe
+    from toolrl.core.diagnostics import ControlTokenProbe
 
     probe = ControlTokenProbe({"im_end": 2, "tool_call": 5})
     logits = torch.log(torch.tensor([

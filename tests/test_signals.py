@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
-
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from toolrl import grpo, rollout
+from toolrl.training import grpo
+from toolrl.core import rollout
 from toolrl.config import Config, RLConfig, RolloutConfig, TinyModelConfig
-from toolrl.episode import expert_messages
+from toolrl.core.episode import expert_messages
 from toolrl.formats import get_format
-from toolrl.model import build_tiny_model
-from toolrl.supervision import ExpertPool, FailureLog, GroupOutcome, control_penalty, encode_examples
+from toolrl.models.model import build_tiny_model
+from toolrl.core.supervision import FailureLog, GroupOutcome, control_penalty, encode_examples
 
 FMT = get_format("json")
 ROLL = RolloutConfig(max_new_tokens=12, max_total_tokens=1500, max_messages=8)
@@ -39,7 +40,7 @@ def _group_prompts(tasks, n):
 def test_ops_puts_the_expert_trajectory_in_the_loss_batch(splits, tokenizer, model):
     tasks = splits["rl"][:3]
     rl = RLConfig(num_generations=4)
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(ops_k=1), seed=0)
+    source = _source(tokenizer, tasks, Config(), "ops", ROLL, rl)
     out = _call(source, model, _group_prompts(tasks, 4))
     for g, t in enumerate(tasks):
         expert = rollout.replay(tokenizer, t, FMT, ROLL)
@@ -56,7 +57,7 @@ def test_ops_refuses_an_expert_trajectory_cut_by_the_budget(splits, tokenizer, m
     """A truncated expert trajectory scores 0 and would be pushed down: stop instead."""
     tasks = splits["rl"][:1]
     tight = RolloutConfig(max_new_tokens=12, max_total_tokens=60, max_messages=8)
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, tight, RLConfig(num_generations=2), grpo.SignalSetup(ops_k=1), 0)
+    source = _source(tokenizer, tasks, Config(), "ops", tight, RLConfig(num_generations=2))
     with pytest.raises(ValueError, match="rollout.max_total_tokens"):
         _call(source, model, _group_prompts(tasks, 2))
 
@@ -72,8 +73,7 @@ def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer,
         return rs
 
     monkeypatch.setattr(rollout, "run", spy)
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=4),
-                                   grpo.SignalSetup(hbg_k=2), seed=0)
+    source = _source(tokenizer, tasks, Config(), "hbg", ROLL, RLConfig(num_generations=4))
     out = _call(source, model, _group_prompts(tasks, 4))
     assert [s["kind"] for s in seen] == ["hinted", "hinted", "policy", "policy"] * 2
     for s, scored in zip(seen, out["prompt_ids"]):
@@ -86,9 +86,8 @@ def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer,
 def test_void_filter_drops_void_trajectories_from_the_loss(splits, tokenizer, model):
     tasks = splits["rl"][:4]
     rl = RLConfig(num_generations=4)
-    plain = _call(grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(), seed=0), model,
-                  _group_prompts(tasks, 4))
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, rl, grpo.SignalSetup(void_filter=True), seed=0)
+    plain = _call(_source(tokenizer, tasks, Config(), "none", ROLL, rl), model, _group_prompts(tasks, 4))
+    source = _source(tokenizer, tasks, Config(), "void_filter", ROLL, rl)
     out = _call(source, model, _group_prompts(tasks, 4))
     assert out["completion_ids"] == plain["completion_ids"]  # same samples, same seed
     dropped = [i for i, m in enumerate(out["env_mask"]) if not any(m)]
@@ -109,21 +108,22 @@ def test_ets_selects_exactly_the_failed_tasks():
     assert sorted(log.select(4, 2, "any")) == ["d"]  # window: steps 3 and 4 only
 
 
-def test_ets_phase_data_is_the_expert_trajectories_of_failed_tasks(splits, tokenizer, model):
+def test_ets_phase_data_is_the_expert_trajectories_of_failed_tasks(splits, tokenizer, model, monkeypatch):
     tasks = splits["rl"][:4]
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=2), grpo.SignalSetup(), 0)
-    source.rl_steps = 1
-    source.failures.add(GroupOutcome(1, tasks[1].id, [False, True], [{"role": "user", "content": "q"}]))
-    source.failures.add(GroupOutcome(1, tasks[2].id, [True, True], None))
-    pool = ExpertPool(tasks, FMT, seed=0)
-    data = grpo.SFTPhaseData("ets", pool, source, 5, "any", None, batch_size=2, steps=2, seed=0)
-    examples = data.build()
-    assert data.selected == [tasks[1].id] and len(examples) == 4
-    assert all(e == expert_messages(tasks[1], FMT) for e in examples)
-    prs = grpo.SFTPhaseData("prs", pool, source, 5, "any",
-                            lambda task, msgs: [{"role": "user", "content": "why"}, {"role": "assistant", "content": task.id}],
-                            batch_size=2, steps=2, seed=0)
-    kinds = {e[-1]["content"] == tasks[1].id for e in prs.build()}
+    cfg = Config()
+    ctx = grpo.cell_context(cfg, tokenizer, tasks, FMT, 0)
+    failures = FailureLog()
+    failed = [{"role": "system", "content": "tools"}, {"role": "user", "content": "q"}]
+    failures.add(GroupOutcome(1, tasks[1].id, [False, True], failed))
+    failures.add(GroupOutcome(1, tasks[2].id, [True, True], None))
+    ets, _ = grpo.plugins_for(cfg, "ets", "interleaved")
+    data = ets.phase_data(ctx, failures, 1, 4, random.Random(0))
+    assert data.selected == [tasks[1].id] and len(data.examples) == 4
+    assert all(e == expert_messages(tasks[1], FMT) for e in data.examples)
+    prs, _ = grpo.plugins_for(cfg, "prs", "interleaved")
+    prs.setup(ctx)
+    monkeypatch.setattr(prs.judge, "reflect", lambda task, fmt, msgs: f"reflection on {task.id}")
+    kinds = {e[-1]["content"] == f"reflection on {tasks[1].id}" for e in prs.phase_data(ctx, failures, 1, 4, random.Random(0)).examples}
     assert kinds == {True, False}  # both the expert trajectory and the reflection are trained on
 
 
@@ -142,15 +142,33 @@ def test_ctrl_penalty_pushes_only_spikes_down(tokenizer, splits):
     assert pen.item() > 0 and (spiked.grad[..., vocab["<|im_end|>"]] > 0).any()
 
 
-def test_signal_setup_follows_the_config(tokenizer):
+def test_signal_hooks_follow_the_config(tokenizer, splits):
     cfg = Config()
-    assert grpo.signal_setup(cfg, "none", tokenizer) == grpo.SignalSetup()
-    assert grpo.signal_setup(cfg, "ops", tokenizer).ops_k == cfg.signals.ops.k
-    assert grpo.signal_setup(cfg, "hbg", tokenizer).hbg_k == cfg.signals.hbg.k
-    assert grpo.signal_setup(cfg, "void_filter", tokenizer).void_filter
-    assert grpo.signal_setup(cfg, "ctrl", tokenizer).clamp is None  # penalty mode
+    ctx = grpo.cell_context(cfg, tokenizer, splits["rl"][:8], FMT, 0)
+
+    def kinds(name):
+        signal, _ = grpo.plugins_for(cfg, name, "rl")
+        return [signal.member_kind(m) for m in range(cfg.rl.num_generations)]
+
+    assert kinds("none") == ["policy"] * 8
+    assert kinds("ops") == ["expert"] * cfg.signals.ops.k + ["policy"] * (8 - cfg.signals.ops.k)
+    assert kinds("hbg") == ["hinted"] * cfg.signals.hbg.k + ["policy"] * (8 - cfg.signals.hbg.k)
+    ctrl, _ = grpo.plugins_for(cfg, "ctrl", "rl")
+    assert ctrl.sampling_mask(ctx) is None and [t.name for t in ctrl.loss_terms(ctx)] == ["ctrl_penalty"]
     cfg.signals.ctrl.mode = "clamp"
-    assert grpo.signal_setup(cfg, "ctrl", tokenizer).clamp is not None
+    assert ctrl.sampling_mask(ctx) is not None and ctrl.loss_terms(ctx) == []
+
+
+def _grpo(model, tokenizer, tasks, cfg, signal, scheme, rows, lr=1e-3, seed=0):
+    ctx = grpo.cell_context(cfg, tokenizer, tasks, FMT, seed)
+    sig, sch = grpo.plugins_for(cfg, signal, scheme)
+    return grpo.train(model, ctx, sig, sch, lr, rows.append)
+
+
+def _source(tokenizer, tasks, cfg, signal, rollout_cfg, rl, seed=0):
+    ctx = grpo.cell_context(cfg, tokenizer, tasks, FMT, seed)
+    sig, _ = grpo.plugins_for(cfg, signal, "rl")
+    return grpo.MultiTurnRollout(ctx, sig, rollout_cfg, rl)
 
 
 def _train(tokenizer, splits, model, signal, scheme, **over):
@@ -164,7 +182,7 @@ def _train(tokenizer, splits, model, signal, scheme, **over):
     for k, v in over.items():
         setattr(cfg.schemes.synchronous, k, v)
     rows: list[dict] = []
-    trainer = grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, signal, scheme, 1e-3, 0, rows.append, [])
+    trainer = _grpo(model, tokenizer, splits["rl"][:8], cfg, signal, scheme, rows)
     return rows, trainer
 
 
@@ -201,7 +219,7 @@ def test_ctrl_penalty_enters_the_training_loss(splits, tokenizer, model):
     cfg.signals.ctrl.batch_size = 2
     before = [p.detach().clone() for p in model.parameters()]
     rows: list[dict] = []
-    grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, "ctrl", "rl", 1e-3, 0, rows.append, [])
+    _grpo(model, tokenizer, splits["rl"][:8], cfg, "ctrl", "rl", rows)
     assert rows[0]["ctrl_penalty"] > 0 and rows[0]["success"] == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -218,8 +236,7 @@ def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypa
 
     monkeypatch.setattr(rollout, "run", spy)
     tasks = splits["rl"][:2]
-    source = grpo.MultiTurnRollout(tasks, FMT, tokenizer, ROLL, RLConfig(num_generations=2),
-                                   grpo.signal_setup(cfg, "ctrl", tokenizer), seed=0)
+    source = _source(tokenizer, tasks, cfg, "ctrl", ROLL, RLConfig(num_generations=2))
     _call(source, model, _group_prompts(tasks, 2))
     assert seen and all(f is not None for f in seen)
 
@@ -227,8 +244,8 @@ def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypa
 def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, model):
     """A model forced into full collapse (every message an immediate <|im_end|>) writes content
     again under the probe, and only the configured splits get the probe."""
-    from toolrl import evaluate
-    from toolrl.diagnostics import ForbidPatterns, forbid_rules
+    from toolrl.training import evaluate
+    from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
 
     head = model.lm_head
     biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
@@ -274,8 +291,7 @@ def _step_gradients(tokenizer, splits, model, monkeypatch, signal, scheme, micro
     if scheme == "interleaved":
         cfg.rl.steps = 2
     rows: list[dict] = []
-    trainer = grpo.train(copy.deepcopy(model), tokenizer, splits["rl"][:8], FMT, cfg, signal, scheme, 1e-3, 0,
-                         rows.append, [])
+    trainer = _grpo(copy.deepcopy(model), tokenizer, splits["rl"][:8], cfg, signal, scheme, rows)
     return grads, rows, trainer
 
 
@@ -314,8 +330,8 @@ def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(split
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] + [5, 6, 7]  # junk after EOS
             return prompts, [ids for _ in prompts], None, None
 
-    source = grpo.MultiTurnRollout([task], FMT, tokenizer, RolloutConfig(max_new_tokens=200, max_total_tokens=3000,
-                                   max_messages=20), RLConfig(num_generations=2), grpo.SignalSetup(), seed=0)
+    source = _source(tokenizer, [task], Config(), "none",
+                     RolloutConfig(max_new_tokens=200, max_total_tokens=3000, max_messages=20), RLConfig(num_generations=2))
     trainer = SimpleNamespace(state=SimpleNamespace(global_step=0), model=model, use_vllm=True,
                               vllm_generation=Engine(), accelerator=SimpleNamespace(unwrap_model=lambda m: m))
     out = source([task.id, task.id], trainer)
@@ -354,5 +370,5 @@ def test_a_real_trainer_step_through_a_vllm_engine(splits, tokenizer, model, mon
     cfg.rl = RLConfig(steps=1, prompts_per_step=2, num_generations=2)
     cfg.rollout = ROLL
     rows: list[dict] = []
-    grpo.train(model, tokenizer, splits["rl"][:8], FMT, cfg, "none", "rl", 1e-3, 0, rows.append, [])
+    _grpo(model, tokenizer, splits["rl"][:8], cfg, "none", "rl", rows)
     assert len(rows) == 1 and calls and set(calls) == {ROLL.max_new_tokens}

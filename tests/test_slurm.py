@@ -2,7 +2,7 @@
 
 scripts/ci_slurm.sh starts slurmctld, slurmd and munge (installing them with apt-get if missing)
 on a node with two fake GPUs; a one-cell sweep then runs with `--workflow-profile
-workflow/profiles/slurm`, every job submitted with sbatch. The checks: the sweep finishes, each
+profiles/slurm`, every job submitted with sbatch. The checks: the sweep finishes, each
 job was its own Slurm job and completed, and the sbatch flags carry the config's resources
 (--gpus=1 on the GPU rules, --mem, -t, -p). Starting the daemons needs root; CI runs as root.
 A dry run through the profile, which needs no Slurm, checks the partition and account lookups."""
@@ -23,8 +23,8 @@ from conftest import ROOT, SNAKEMAKE_ENV
 pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "ci_slurm.sh"
-PROFILE = ROOT / "workflow" / "profiles" / "slurm"
-GPU_RULES = {"warmup", "train", "evaluate", "evaluate_base"}
+PROFILE = ROOT / "profiles" / "slurm"
+GPU_RULES = {"warmup", "train", "evaluate"}
 CPU_RULES = {"prepare", "mlflow_init", "aggregate"}
 # One cell, one seed, a few steps of everything: 11 Slurm jobs.
 TINY = {
@@ -118,6 +118,7 @@ def _sbatch_calls(out: str) -> dict[str, list[str]]:
     return calls
 
 
+@pytest.mark.slurm
 def test_sweep_finishes_through_slurm(sweep):
     work, _ = sweep
     d = work / "results" / "slurm"
@@ -126,13 +127,14 @@ def test_sweep_finishes_through_slurm(sweep):
     assert len(list((d / "base" / "eval").glob("*.json"))) == 3
 
 
+@pytest.mark.slurm
 def test_sbatch_flags_carry_the_resources(sweep):
     _, out = sweep
     calls = _sbatch_calls(out)
     assert set(calls) == GPU_RULES | CPU_RULES, sorted(calls)
     assert {r: len(c) for r, c in calls.items()} == {
-        "prepare": 1, "mlflow_init": 1, "warmup": 1, "evaluate_base": 3, "train": 1, "evaluate": 3, "aggregate": 1}
-    expect = {"warmup": (1000, 10), "train": (1000, 10), "evaluate": (500, 5), "evaluate_base": (500, 5),
+        "prepare": 1, "mlflow_init": 1, "warmup": 1, "train": 1, "evaluate": 3 + 3, "aggregate": 1}  # cell, base
+    expect = {"warmup": (1000, 10), "train": (1000, 10), "evaluate": (500, 5),
               "prepare": (2000, 30), "mlflow_init": (2000, 30), "aggregate": (2000, 30)}
     for rule, lines in calls.items():
         mem, minutes = expect[rule]
@@ -146,6 +148,7 @@ def test_sbatch_flags_carry_the_resources(sweep):
     assert all("--cpus-per-task=1" in line for line in calls["train"] + calls["evaluate"])
 
 
+@pytest.mark.slurm
 def test_each_job_was_its_own_slurm_job(sweep):
     """squeue still lists finished jobs (MinJobAge=600): one COMPLETED Slurm job per rule job."""
     _, out = sweep

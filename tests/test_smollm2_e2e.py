@@ -11,7 +11,7 @@ from conftest import ROOT, run_sweep
 
 pytest.importorskip("gguf")
 
-from toolrl import gguf  # noqa: E402
+from toolrl.models import gguf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

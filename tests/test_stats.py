@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from toolrl.stats import (
+from toolrl.analysis.stats import (
     adjust,
     benjamini_hochberg,
     bonferroni,

@@ -1,15 +1,17 @@
-"""The DAG: what `snakemake -n` plans for the default sweep, overrides, and bad config."""
+"""The DAG: what `snakemake -n` plans for the default sweep, overrides, and bad config; the
+aggregate rule's outputs against the list its job writes by."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from toolrl.analysis.outputs import OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
@@ -31,7 +33,8 @@ def job_counts(out: str) -> dict[str, int]:
 
 @pytest.fixture()
 def workdir(tmp_path):
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    """An empty working folder: the schema and the report captions are found beside the rule
+    files, not in the working folder."""
     return tmp_path
 
 
@@ -40,11 +43,56 @@ def test_dry_run_lists_every_job(workdir):
     assert p.returncode == 0, p.stderr
     counts = job_counts(p.stdout)
     assert counts["train"] == 12  # none at two lrs, sft and ops at the collapsing one, 3 seeds
-    assert counts["evaluate"] == 36  # three evaluations per cell
-    assert counts["evaluate_base"] == 3
+    assert counts["evaluate"] == 36 + 3  # three evaluations per cell and three of the base model
     assert counts["aggregate"] == 1 and counts["warmup"] == 1 and counts["prepare"] == 1
+    assert counts["mlflow_init"] == 1 and counts["all"] == 1 and counts["total"] == 56
     assert "signal=sft/scheme=synchronous/lr=1e-3/seed=2" in p.stdout
     assert "signal=ops/scheme=rl/lr=3e-5" not in p.stdout
+
+
+def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
+    """The base model is the pseudo-cell `base`: its evaluations are where they always were, from
+    the warm-up's model, with `--run base` (the cell in the evaluation JSON is then null)."""
+    p = snakemake(workdir, "-n", "-p")
+    assert p.returncode == 0, p.stderr
+    d = "results/default"
+    shells = re.findall(r"^Shell command: (python -m toolrl evaluate .*)$", p.stdout, re.M)
+    assert len(shells) == 39
+    base = [s for s in shells if " --run base " in s]
+    assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
+        f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")]
+    assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
+    cell = "signal=sft/scheme=synchronous/lr=1e-3/seed=2"
+    mine = [s for s in shells if f" --run runs/{cell} " in s]
+    assert len(mine) == 3
+    assert all(f"--model {d}/runs/{cell}/model " in s and f"--out {d}/runs/{cell}/eval/" in s for s in mine)
+
+
+def test_aggregate_outputs_are_the_list_its_job_writes(workdir):
+    """The aggregate rule's outputs are toolrl.analysis.outputs.OUTPUTS, and every caption the
+    list names is a file of workflow/report/ (and each of those files is named)."""
+    p = snakemake(workdir, "--summary")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    declared = [row[0] for row in rows if len(row) > 2 and row[2] == "aggregate"]
+    assert declared == [f"results/default/{o.path}" for o in OUTPUTS]
+    captions = {o.caption for o in OUTPUTS if o.caption}
+    assert captions == {f.name for f in (ROOT / "workflow" / "report").glob("*.rst")}
+    assert all(o.category in ("Tables", "Figures") for o in OUTPUTS if o.caption)
+
+
+def test_aggregate_writes_exactly_the_list(tmp_path):
+    """`report.aggregate` on a small fake sweep writes the files of OUTPUTS and no others."""
+    from test_report import BASELINE, _write_sweep
+
+    from toolrl.analysis.report import aggregate
+
+    _write_sweep(tmp_path)
+    before = {f for f in tmp_path.rglob("*") if f.is_file()}
+    aggregate(tmp_path, BASELINE, n_resamples=50)
+    written = {f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*") if f.is_file()} - {
+        f.relative_to(tmp_path).as_posix() for f in before}
+    assert written == {o.path for o in OUTPUTS}
 
 
 def test_config_overrides_reshape_the_grid(workdir):
@@ -76,7 +124,7 @@ def test_all_signals_and_schemes_build_exactly_the_meaningful_cells(workdir):
     assert p.returncode == 0, p.stderr
     counts = job_counts(p.stdout)
     assert counts["train"] == 10 * 3 * 3  # 10 meaningful signal × scheme pairs, 3 lrs, 3 seeds
-    assert counts["evaluate"] == 3 * counts["train"]
+    assert counts["evaluate"] == 3 * counts["train"] + 3  # and the base model
     built = set(re.findall(r"signal=(\w+)/scheme=(\w+)/lr=", p.stdout))
     assert built == {("none", "rl"), ("sft", "sequential"), ("sft", "synchronous"), ("sft", "interleaved"),
                      ("ops", "rl"), ("hbg", "rl"), ("ets", "interleaved"), ("prs", "interleaved"),
@@ -100,5 +148,6 @@ def test_every_preset_plans(workdir, preset, extra, trains, converts):
 
 
 def test_the_paper_preset_names_the_missing_acebench_checkout(workdir):
-    p = snakemake(workdir, "-n", "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "bfcl-qwen2.5-1.5b.yaml"))
+    preset = ROOT / "config" / "bfcl-qwen2.5-1.5b.yaml"
+    p = snakemake(workdir, "-n", "--configfile", str(ROOT / "config.yaml"), str(preset))
     assert p.returncode != 0 and "world.bfcl.acebench.path" in p.stdout + p.stderr

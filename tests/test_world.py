@@ -6,10 +6,10 @@ import random
 import pytest
 
 from toolrl.config import WorldConfig
-from toolrl.data import make_splits
+from toolrl.envs.data import make_splits
 from toolrl.envs.base import Call, Task
 from toolrl.envs.synthetic import DOMAINS, Bank, make_task, signature
-from toolrl.episode import Episode, expert_messages
+from toolrl.core.episode import Episode, expert_messages
 from toolrl.formats import get_format
 
 

@@ -43,12 +43,13 @@ def _tracker(cfg: Config, experiment: Path, run_name: str, tags: dict[str, str],
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from toolrl.data import make_splits, write_splits
+    from toolrl import plugins
+    from toolrl.envs.data import make_splits, write_splits
 
     cfg = _config(args)
     splits = make_splits(cfg.world)
     # Counts the config cannot know before the data is read (held-out classes, skipped ACEBench tasks).
-    where = "world.bfcl" if cfg.world.backend == "bfcl" else "world"
+    where = plugins.backends()[cfg.world.backend].settings
     if len(splits["rl"]) < cfg.rl.prompts_per_step:
         raise ConfigError(f"config key '{where}': {len(splits['rl'])} RL tasks, fewer than rl.prompts_per_step "
                           f"({cfg.rl.prompts_per_step})")
@@ -61,8 +62,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_convert_model(args: argparse.Namespace) -> None:
-    from toolrl import gguf
-    from toolrl import model as models
+    from toolrl.models import gguf
+    from toolrl.models import model as models
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -81,8 +82,8 @@ def cmd_mlflow_init(args: argparse.Namespace) -> None:
 
 
 def cmd_warmup(args: argparse.Namespace) -> None:
-    from toolrl import model as models
-    from toolrl import warmup
+    from toolrl.models import model as models
+    from toolrl.training import warmup
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -109,8 +110,8 @@ def _cell(args: argparse.Namespace) -> Cell:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from toolrl import model as models
-    from toolrl import train
+    from toolrl.models import model as models
+    from toolrl.training import train
 
     models.set_threads(args.threads)
     cfg = _config(args)
@@ -137,17 +138,24 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from toolrl import evaluate
-    from toolrl import model as models
-    from toolrl.data import read_tasks
+    from toolrl.config import parse_cell
+    from toolrl.envs.data import read_tasks
+    from toolrl.models import model as models
+    from toolrl.training import evaluate
 
+    # --run is the evaluate rule's {run} wildcard: `base` (the warm-up model) or `runs/<cell path>`.
+    cell = None
+    if args.run != "base":
+        fields = dict(part.partition("=")[::2] for part in args.run.removeprefix("runs/").split("/"))
+        if not args.run.startswith("runs/") or list(fields) != ["signal", "scheme", "lr", "seed"]:
+            raise ValueError(f"--run {args.run}: expected base or runs/signal=S/scheme=S/lr=LR/seed=N")
+        cell = parse_cell(**fields)
     models.set_threads(args.threads)
     cfg = _config(args)
     model, tokenizer = models.load(args.model)
     stem, _ = evaluate.split_source(cfg, args.split)
     t0 = time.perf_counter()
     result = evaluate.run_split(model, tokenizer, cfg, args.split, read_tasks(Path(args.data) / f"{stem}.jsonl"))
-    cell = _cell(args) if args.signal else None
     result = {"cell": cell.__dict__ if cell else None, **result, "seconds": round(time.perf_counter() - t0, 1)}
     write_json(Path(args.out), result)
     log.info("%s on %s: %.1f%% success (%d tasks)", cell.path if cell else "base", args.split,
@@ -155,7 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from toolrl import report, tracking
+    from toolrl import tracking
+    from toolrl.analysis import outputs, report
 
     cfg = _config(args)
     a = cfg.aggregate
@@ -166,8 +175,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     for g in summary["groups"]:
         if g["collapse"] and g["collapse"]["collapsed"]:
             log.info("collapse: %s in %d of %d runs", g["name"], g["collapse"]["collapsed"], g["collapse"]["runs"])
-    log.info("tables: %s", cfg.sweep_dir / "tables")
-    log.info("training curves: %s", cfg.sweep_dir / "plots" / "curves.png")
+    log.info("tables: %s", (cfg.sweep_dir / outputs.path("table")).parent)
+    log.info("training curves: %s", cfg.sweep_dir / outputs.path("curves"))
     log.info("open the runs in MLflow: %s", tracking.ui_command(exp["tracking_uri"]))
 
 
@@ -176,7 +185,7 @@ def _log_evaluations(cfg: Config, experiment: Path) -> None:
     Done once here rather than in each evaluate job: it spares 39 jobs MLflow's 2.5 s import and
     sqlite writes, and the numbers reach MLflow with the table they belong to. Every file is read
     before the first run is touched, so a damaged one stops the job with MLflow unchanged."""
-    from toolrl.report import read_eval
+    from toolrl.analysis.report import read_eval
 
     sweep = cfg.sweep_dir
     runs = [(sweep / "base", sweep / "base" / "warmup.json")] + [
@@ -194,6 +203,27 @@ def _log_evaluations(cfg: Config, experiment: Path) -> None:
     for run_id, metrics in logged:
         with _tracker(cfg, experiment, "", {}, {}, run_id=run_id) as run:
             run.log_metrics(metrics, step=0)
+
+
+def cmd_signals(args: argparse.Namespace) -> None:
+    from toolrl import plugins
+
+    def where(cls: type) -> str:
+        return "" if cls.__module__.startswith("toolrl.") else f"  [{cls.__module__}]"
+
+    print("signals (signal: schemes it pairs with; config sections a cell reads)")
+    for name, cls in plugins.signals().items():
+        print(f"  {name:<12} {', '.join(cls.schemes):<38} {', '.join(cls.sections()) or '-'}{where(cls)}")
+        print(f"  {'':<12} {cls.summary}")
+    print("schemes (scheme: config sections a cell reads)")
+    for name, cls in plugins.schemes().items():
+        print(f"  {name:<12} {', '.join(cls.sections()) or '-':<38} {cls.summary}{where(cls)}")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from toolrl import schema
+
+    sys.stdout.write(schema.render())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,10 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     wu.add_argument("--pretrained", default=None, help="the converted checkpoint to start from (GGUF models)")
     stage("train", "train one grid cell", cmd_train, "data", "base", "experiment", "out",
           "signal", "scheme", "lr", "seed")
-    ev = stage("evaluate", "greedy evaluation of one model on one split", cmd_evaluate, "data", "model",
-               "out", "signal", "scheme", "lr", "seed")
+    ev = stage("evaluate", "greedy evaluation of one model on one split", cmd_evaluate, "data", "model", "out")
     ev.add_argument("--split", required=True, choices=SPLITS)
+    ev.add_argument("--run", required=True, help="base (the warm-up model) or runs/<cell path>, e.g. "
+                    "runs/signal=sft/scheme=synchronous/lr=1e-3/seed=0")
     stage("aggregate", "statistics, tables and plots over the sweep", cmd_aggregate, "experiment")
+    sub.add_parser("signals", help="list the installed signals and schemes, and what each pairs with"
+                   ).set_defaults(fn=cmd_signals)
+    sub.add_parser("schema", help="print the config's JSON schema (YAML), generated from the config dataclasses "
+                   "with the installed plugins' sections").set_defaults(fn=cmd_schema)
     return p
 
 
@@ -229,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    # FloatingPointError: toolrl.guards.NonFiniteError (not imported here: it pulls in torch).
+    # FloatingPointError: toolrl.models.guards.NonFiniteError (not imported here: it pulls in torch).
     except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as e:
         log.error("%s", e)
         return 2

@@ -8,42 +8,25 @@ as clearly as the workflow does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-SIGNALS = ("none", "sft", "ops", "hbg", "ets", "prs", "ctrl", "void_filter")
-SCHEMES = ("rl", "sequential", "synchronous", "interleaved")
+from toolrl import plugins
+from toolrl.paper import PUBLISHED
 
-
-def _default_pairs() -> dict[str, list[str]]:
-    """The signal × scheme pairs that mean something (`sweep.pairs`). A signal says what
-    supervision is added; a scheme says when SFT on expert data happens relative to RL. Signals
-    that act inside the GRPO step (ops, hbg, ctrl, void_filter) need no SFT phase, so they pair
-    with `rl`; ETS and PRS build their SFT data from RL failures, so they need RL phases between
-    SFT phases (`interleaved`); plain `sft` combines with RL in all three SFT schemes."""
-    return {
-        "none": ["rl"],
-        "sft": ["sequential", "synchronous", "interleaved"],
-        "ops": ["rl"],
-        "hbg": ["rl"],
-        "ets": ["interleaved"],
-        "prs": ["interleaved"],
-        "ctrl": ["rl"],
-        "void_filter": ["rl"],
-    }
 SPLITS = ("id", "format_ood", "content_ood")
-# Multiple-testing corrections (toolrl.stats.adjust); here so that checking a config never imports scipy.
+# Multiple-testing corrections (toolrl.analysis.stats.adjust); here so that checking a config never imports scipy.
 CORRECTIONS = ("holm", "bonferroni", "bh", "none")
-FORMATS = ("json", "python")
 
 
 class ConfigError(ValueError):
@@ -54,22 +37,22 @@ class ConfigError(ValueError):
 class CellFilter:
     """A partial cell; a cell matches when every given field is equal."""
 
-    signal: Optional[str] = None
-    scheme: Optional[str] = None
-    lr: Optional[float] = None
-    seed: Optional[int] = None
+    signal: Optional[str] = field(default=None, metadata={'choices': 'signals'})
+    scheme: Optional[str] = field(default=None, metadata={'choices': 'schemes'})
+    lr: Optional[float] = field(default=None, metadata={'exclusiveMinimum': 0})
+    seed: Optional[int] = field(default=None, metadata={'minimum': 0})
 
 
 @dataclass
 class SweepConfig:
-    name: str = "default"
-    signals: list[str] = field(default_factory=lambda: ["none", "sft"])
-    schemes: list[str] = field(default_factory=lambda: ["rl", "sequential"])
-    learning_rates: list[float] = field(default_factory=lambda: [1e-4])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    name: str = field(default="default", metadata={'pattern': '^[A-Za-z0-9_.-]+$'})
+    signals: list[str] = field(default_factory=lambda: ["none", "sft"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'choices': 'signals'}})
+    schemes: list[str] = field(default_factory=lambda: ["rl", "sequential"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'choices': 'schemes'}})
+    learning_rates: list[float] = field(default_factory=lambda: [1e-4], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'exclusiveMinimum': 0}})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'minimum': 0}})
     # Only these pairs are built; `exclude` drops further cells (e.g. one lr for one signal).
-    pairs: dict[str, list[str]] = field(default_factory=_default_pairs)
-    exclude: list[CellFilter] = field(default_factory=list)
+    pairs: dict[str, list[str]] = field(default_factory=plugins.default_pairs, metadata={'help': 'the meaningful signal × scheme pairs; only these cells are built', 'keys': 'signals', 'values': {'items': {'choices': 'schemes'}, 'uniqueItems': True}})
+    exclude: list[CellFilter] = field(default_factory=list, metadata={'help': 'cells to drop besides the pairs that are not meaningful'})
     baseline: CellFilter = field(default_factory=lambda: CellFilter(signal="none", scheme="rl"))
 
 
@@ -84,9 +67,9 @@ class ACEBenchConfig:
     data_all/ and model_inference/). multi_turn tasks need a simulated user: `user` is an LLM
     (kind hf or openai, as a PRS judge); without one they are skipped with a message."""
 
-    path: Optional[str] = None
-    categories: list[str] = field(default_factory=lambda: ["multi_step", "multi_turn"])
-    user: Optional["JudgeConfig"] = None
+    path: Optional[str] = field(default=None, metadata={'help': 'an ACEBench checkout (content_ood)'})
+    categories: list[str] = field(default_factory=lambda: ["multi_step", "multi_turn"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['multi_step', 'multi_turn']}})
+    user: Optional["JudgeConfig"] = field(default=None, metadata={'help': 'the simulated user of multi_turn tasks (an LLM: kind hf or openai); null skips them'})
 
 
 @dataclass
@@ -98,45 +81,45 @@ class BFCLConfig:
     ACEBench when `acebench.path` is set; otherwise the test tasks that involve a
     `held_out_classes` API class (tasks with such a class then leave the train and id splits)."""
 
-    train_categories: list[str] = field(default_factory=lambda: ["base", "miss_param", "miss_func"])
-    test_categories: list[str] = field(default_factory=lambda: list(BFCL_CATEGORIES))
-    split_seed: int = 42
-    n_train: int = 100
-    n_test: int = 100
-    held_out_classes: list[str] = field(default_factory=list)
+    train_categories: list[str] = field(default_factory=lambda: ["base", "miss_param", "miss_func"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['base', 'miss_param', 'miss_func', 'long_context']}})
+    test_categories: list[str] = field(default_factory=lambda: list(BFCL_CATEGORIES), metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['base', 'miss_param', 'miss_func', 'long_context']}})
+    split_seed: int = field(default=42, metadata={'help': "seed of the scenario shuffle (42: the paper's split)"})
+    n_train: int = field(default=100, metadata={'help': 'train scenarios per category', 'minimum': 1, 'maximum': 100})
+    n_test: int = field(default=100, metadata={'help': 'test scenarios per category', 'minimum': 1, 'maximum': 100})
+    held_out_classes: list[str] = field(default_factory=list, metadata={'help': 'API classes whose tasks form content_ood when no ACEBench checkout is given', 'uniqueItems': True})
     acebench: ACEBenchConfig = field(default_factory=ACEBenchConfig)
 
 
 @dataclass
 class WorldConfig:
-    backend: str = "synthetic"
+    backend: str = field(default="synthetic", metadata={'help': 'synthetic: the embedded world; bfcl: BFCL multi-turn from the bfcl-eval package', 'choices': 'backends'})
     seed: int = 1234
-    train_domains: list[str] = field(default_factory=lambda: ["bank", "calendar", "home"])
-    ood_domains: list[str] = field(default_factory=lambda: ["social"])
-    train_format: str = "json"
-    ood_format: str = "python"
+    train_domains: list[str] = field(default_factory=lambda: ["bank", "calendar", "home"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['bank', 'calendar', 'home', 'social']}})
+    ood_domains: list[str] = field(default_factory=lambda: ["social"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['bank', 'calendar', 'home', 'social']}})
+    train_format: str = field(default="json", metadata={'choices': 'formats'})
+    ood_format: str = field(default="python", metadata={'choices': 'formats'})
     # "compact": one line of signatures (cheap for the tiny model); "full": JSON-schema docs.
-    prompt_style: str = "compact"
-    n_warmup_tasks: int = 10000
-    n_rl_tasks: int = 2000
-    n_eval_tasks: int = 64
-    turns_choices: list[int] = field(default_factory=lambda: [1, 2, 2, 3])
-    calls_choices: list[int] = field(default_factory=lambda: [1, 1, 2])
+    prompt_style: str = field(default="compact", metadata={'enum': ['compact', 'full']})
+    n_warmup_tasks: int = field(default=10000, metadata={'minimum': 1})
+    n_rl_tasks: int = field(default=2000, metadata={'minimum': 1})
+    n_eval_tasks: int = field(default=64, metadata={'minimum': 1})
+    turns_choices: list[int] = field(default_factory=lambda: [1, 2, 2, 3], metadata={'minItems': 1, 'items': {'minimum': 1, 'maximum': 3}})
+    calls_choices: list[int] = field(default_factory=lambda: [1, 1, 2], metadata={'minItems': 1, 'items': {'minimum': 1, 'maximum': 2}})
     # Harder features (world options): a value copied from an earlier tool result, and a user
     # request that lacks a parameter, where the right move is to ask back and call nothing.
-    chain_prob: float = 0.1
-    ask_back_prob: float = 0.1
-    bfcl: BFCLConfig = field(default_factory=BFCLConfig)
+    chain_prob: float = field(default=0.1, metadata={'help': 'share of turns whose value comes from a lookup tool', 'minimum': 0, 'maximum': 1})
+    ask_back_prob: float = field(default=0.1, metadata={'help': 'share of turns that lack a parameter (ask back)', 'minimum': 0, 'maximum': 1})
+    bfcl: BFCLConfig = field(default_factory=BFCLConfig, metadata={'help': 'the BFCL backend (world.backend bfcl)'})
 
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_position_embeddings: int = 1024
+    hidden_size: int = field(default=128, metadata={'minimum': 1})
+    num_layers: int = field(default=4, metadata={'minimum': 1})
+    num_heads: int = field(default=4, metadata={'minimum': 1})
+    num_kv_heads: int = field(default=2, metadata={'minimum': 1})
+    intermediate_size: int = field(default=384, metadata={'minimum': 1})
+    max_position_embeddings: int = field(default=1024, metadata={'minimum': 1})
 
 
 @dataclass
@@ -145,59 +128,34 @@ class ModelConfig:
     name_or_path: Optional[str] = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # Qwen3's thinking switch, fixed in the base checkpoint's chat template (None: leave it).
-    enable_thinking: Optional[bool] = None
+    enable_thinking: Optional[bool] = field(default=None, metadata={'help': "Qwen3's thinking mode, fixed in the base checkpoint's chat template"})
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class WarmupConfig:
-    steps: int = 600
-    learning_rate: float = 3e-3
-    warmup_steps: int = 30
-    batch_size: int = 24
-    echo_steps: int = 150
-    echo_replay_until: int = 500
-    echo_replay_per_batch: int = 3
-    value_weight: float = 3.0
+    steps: int = field(default=600, metadata={'help': 'SFT steps (0: keep a pretrained model.name_or_path as it is)', 'minimum': 0})
+    learning_rate: float = field(default=3e-3, metadata={'exclusiveMinimum': 0})
+    warmup_steps: int = field(default=30, metadata={'minimum': 0})
+    batch_size: int = field(default=24, metadata={'minimum': 1})
+    echo_steps: int = field(default=150, metadata={'minimum': 0})
+    echo_replay_until: int = field(default=500, metadata={'minimum': 0})
+    echo_replay_per_batch: int = field(default=3, metadata={'minimum': 0})
+    value_weight: float = field(default=3.0, metadata={'minimum': 0})
     # Share of trajectories in world.train_format (the rest in the other syntax): a real model's
     # native call syntax dominates what it has seen too.
-    train_format_share: float = 0.8
-    eval_every: int = 0
+    train_format_share: float = field(default=0.8, metadata={'help': 'share of trajectories in world.train_format', 'minimum': 0, 'maximum': 1})
+    eval_every: int = field(default=0, metadata={'help': 'steps between curve points (0: only at the end)', 'minimum': 0})
 
 
 @dataclass
 class SFTConfig:
     """The supervised part of a training scheme (signal `sft`)."""
 
-    steps: int = 40
-    learning_rate: float = 3e-4
-    batch_size: int = 16
-    value_weight: float = 3.0
-
-
-@dataclass
-class OPSConfig:
-    """Off-policy supervision: `k` rollouts of each GRPO group are the expert trajectory."""
-
-    k: int = 1
-
-
-@dataclass
-class HBGConfig:
-    """Hint-based guidance: `k` rollouts of each group are sampled with the correct call sequence
-    in the system prompt, and scored without it (the paper's hint_num=2)."""
-
-    k: int = 2
-
-
-@dataclass
-class ETSConfig:
-    """Erroneous-trajectory supervision: the SFT phase trains on the expert trajectories of tasks
-    that failed in the last `window` RL steps; `rule` any: one failed rollout selects a task,
-    all: a whole group must have failed."""
-
-    window: int = 10
-    rule: str = "any"
+    steps: int = field(default=40, metadata={'minimum': 1})
+    learning_rate: float = field(default=3e-4, metadata={'exclusiveMinimum': 0})
+    batch_size: int = field(default=16, metadata={'minimum': 1})
+    value_weight: float = field(default=3.0, metadata={'minimum': 0})
 
 
 @dataclass
@@ -206,78 +164,25 @@ class JudgeConfig:
     hf: a local causal LM (`model` is its path); openai: an OpenAI-compatible endpoint (`url`,
     `model`, and the key in the environment variable `api_key_env`)."""
 
-    kind: str = "rule"
-    model: Optional[str] = None
-    url: Optional[str] = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_new_tokens: int = 256
-    timeout_s: float = 60.0
-
-
-@dataclass
-class PRSConfig:
-    """Process-reflection supervision: ETS plus SFT on a reflection of each selected failure."""
-
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    kind: str = field(default="rule", metadata={'enum': ['rule', 'hf', 'openai']})
+    model: Optional[str] = field(default=None, metadata={'help': 'hf: a local checkpoint; openai: the model name'})
+    url: Optional[str] = field(default=None, metadata={'help': "openai: the endpoint's base URL (…/v1)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={'help': 'environment variable that holds the key'})
+    max_new_tokens: int = field(default=256, metadata={'minimum': 1})
+    timeout_s: float = field(default=60.0, metadata={'exclusiveMinimum': 0})
 
 
 @dataclass
 class ForbidRule:
     """Forbid `tokens` right after the token `after` ('' = at the first position of a message)."""
 
-    after: str = "<tool_call>"
-    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"])
+    after: str = field(default="<tool_call>", metadata={'help': "the preceding token ('' = a message's first position)"})
+    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"], metadata={'minItems': 1, 'required': True})
 
 
 def _default_forbid() -> list[ForbidRule]:
     """The collapsed patterns: a call opened and closed at once, a second opener, an empty message."""
     return [ForbidRule("<tool_call>", ["<|im_end|>", "<tool_call>"]), ForbidRule("", ["<|im_end|>"])]
-
-
-@dataclass
-class CtrlConfig:
-    """An intervention on control tokens alone. penalty: at each RL step, add
-    `coef` · mean(relu(log p − log `threshold`)) of `<|im_end|>` and `<tool_call>` over the
-    positions of `batch_size` expert trajectories where the expert emits neither; clamp: forbid
-    the collapsed patterns (`diagnostics.forbid`) while sampling rollouts."""
-
-    mode: str = "penalty"
-    coef: float = 1.0
-    threshold: float = 0.01
-    batch_size: int = 8
-
-
-@dataclass
-class SignalsConfig:
-    ops: OPSConfig = field(default_factory=OPSConfig)
-    hbg: HBGConfig = field(default_factory=HBGConfig)
-    ets: ETSConfig = field(default_factory=ETSConfig)
-    prs: PRSConfig = field(default_factory=PRSConfig)
-    ctrl: CtrlConfig = field(default_factory=CtrlConfig)
-
-
-@dataclass
-class SynchronousConfig:
-    """L = L_rl + `sft_weight` · L_sft at every RL step, L_sft on `batch_size` expert trajectories."""
-
-    sft_weight: float = 0.1
-    batch_size: int = 8
-
-
-@dataclass
-class InterleavedConfig:
-    """RL phases of `rl_phases` steps (summing to rl.steps, so every scheme gets the same RL
-    budget) with an SFT phase of `sft_steps` steps (sft.learning_rate, sft.batch_size) between
-    consecutive RL phases, all in one trainer: optimizer state and step counter carry over."""
-
-    rl_phases: list[int] = field(default_factory=lambda: [2, 3, 3])
-    sft_steps: int = 5
-
-
-@dataclass
-class SchemesConfig:
-    synchronous: SynchronousConfig = field(default_factory=SynchronousConfig)
-    interleaved: InterleavedConfig = field(default_factory=InterleavedConfig)
 
 
 @dataclass
@@ -288,56 +193,56 @@ class DiagnosticsConfig:
     (absolute) from its start. `restore_splits` are evaluated a second time with `forbid`
     applied as a logit mask."""
 
-    window: int = 2
-    reward_drop: float = 0.5
-    token_shift: float = 0.3
-    restore_splits: list[str] = field(default_factory=lambda: ["id"])
+    window: int = field(default=2, metadata={'help': 'steps averaged by the collapse detector', 'minimum': 1})
+    reward_drop: float = field(default=0.5, metadata={'help': 'relative success drop that counts', 'maximum': 1, 'exclusiveMinimum': 0})
+    token_shift: float = field(default=0.3, metadata={'help': 'absolute control-token probability shift that counts', 'maximum': 1, 'exclusiveMinimum': 0})
+    restore_splits: list[str] = field(default_factory=lambda: ["id"], metadata={'uniqueItems': True, 'items': {'enum': ['id', 'format_ood', 'content_ood']}})
     forbid: list[ForbidRule] = field(default_factory=_default_forbid)
 
 
 @dataclass
 class RLConfig:
-    steps: int = 8
-    prompts_per_step: int = 4
-    num_generations: int = 8
-    beta: float = 0.0
-    temperature: float = 1.0
-    loss_type: str = "dapo"
+    steps: int = field(default=8, metadata={'minimum': 1})
+    prompts_per_step: int = field(default=4, metadata={'minimum': 1})
+    num_generations: int = field(default=8, metadata={'minimum': 2})
+    beta: float = field(default=0.0, metadata={'minimum': 0})
+    temperature: float = field(default=1.0, metadata={'exclusiveMinimum': 0})
+    loss_type: str = field(default="dapo", metadata={'enum': ['grpo', 'dapo', 'dr_grpo', 'bnpo']})
     # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
     # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
-    micro_batch_size: Optional[int] = None
+    micro_batch_size: Optional[int] = field(default=None, metadata={'help': 'sequences per forward/backward pass (null: the whole batch); the gradient is accumulated over the step', 'minimum': 1})
     # Sample GRPO rollouts with TRL's colocated vLLM engine: true, false, or null (where vLLM is
     # installed and a GPU is present). Greedy evaluation always uses transformers.
-    vllm: Optional[bool] = None
+    vllm: Optional[bool] = field(default=None, metadata={'help': "sample rollouts with TRL's colocated vLLM (null: where installed and a GPU is present)"})
 
 
 @dataclass
 class RolloutConfig:
-    max_messages: int = 30
-    max_new_tokens: int = 64
-    max_total_tokens: int = 900
+    max_messages: int = field(default=30, metadata={'minimum': 1})
+    max_new_tokens: int = field(default=64, metadata={'minimum': 1})
+    max_total_tokens: int = field(default=900, metadata={'minimum': 1})
     # Tool-calling messages per user turn before the episode is cut off.
-    max_rounds_per_turn: int = 4
+    max_rounds_per_turn: int = field(default=4, metadata={'help': 'tool-calling messages per user turn', 'minimum': 1})
     # An empty-ground-truth turn passes only if the model called nothing. false: such turns always
     # pass, as in the authors' reward (and BFCL's official checker, which never calls its
     # irrelevance check).
-    irrelevance_check: bool = True
+    irrelevance_check: bool = field(default=True, metadata={'help': "an empty-ground-truth turn passes only without calls (false: the authors' looser reward)"})
 
 
 @dataclass
 class AggregateConfig:
-    confidence: float = 0.95
-    n_resamples: int = 2000
-    correction: str = "holm"  # holm | bonferroni | bh (Benjamini–Hochberg) | none
+    confidence: float = field(default=0.95, metadata={'exclusiveMinimum': 0, 'exclusiveMaximum': 1})
+    n_resamples: int = field(default=2000, metadata={'minimum': 1})
+    correction: str = field(default="holm", metadata={'help': 'multiple-testing correction across the groups compared with the baseline (bh = Benjamini–Hochberg)', 'enum': ['holm', 'bonferroni', 'bh', 'none']})  # holm | bonferroni | bh (Benjamini–Hochberg) | none
     # A key of toolrl.paper.PUBLISHED: the paper's numbers beside ours in tables/main.* (None: none).
-    paper: Optional[str] = None
+    paper: Optional[str] = field(default=None, metadata={'help': 'published numbers to set beside ours (a key of toolrl.paper.PUBLISHED, e.g. hao2026-qwen2.5-1.5b)', 'choices': 'papers'})
 
 
 @dataclass
 class NumericsConfig:
     # A NaN or inf gradient: `stop` the job naming the step and cell, or `skip` that update.
     # Not part of any job's hash: it changes nothing in a run that stays finite.
-    on_nonfinite: str = "stop"
+    on_nonfinite: str = field(default="stop", metadata={'help': 'a NaN or inf gradient stops the job (naming step and cell) or skips that update', 'enum': ['stop', 'skip']})
 
 
 @dataclass
@@ -346,7 +251,7 @@ class MLflowConfig:
     tracking_uri: Optional[str] = None
     experiment: Optional[str] = None
     # Also log each trained model (and the base model) as run artifacts: off by default, they are large.
-    log_models: bool = False
+    log_models: bool = field(default=False, metadata={'help': 'also log each trained model (and the base model) as run artifacts (large)'})
 
 
 @dataclass
@@ -357,21 +262,21 @@ class ResourcesConfig:
     Python-bound generation loops overlap (measured: two evaluations 1.45× faster side by side
     than one after the other at 2 threads). The warm-up runs alone, so it takes more."""
 
-    threads: int = 1
-    warmup_threads: int = 2
-    train_mem_mb: int = 4000
-    eval_mem_mb: int = 2000
+    threads: int = field(default=1, metadata={'help': "threads of each train and evaluate job (also torch's)", 'minimum': 1})
+    warmup_threads: int = field(default=2, metadata={'help': 'threads of the warm-up job', 'minimum': 1})
+    train_mem_mb: int = field(default=4000, metadata={'minimum': 1})
+    eval_mem_mb: int = field(default=2000, metadata={'minimum': 1})
     # GPUs per warm-up, train and evaluate job (Snakemake's `gpu` resource, which the Slurm
     # executor turns into `--gpus=N`); 0 for the CPU default. Wall-time limits in minutes
     # (Snakemake's `runtime`, Slurm's `-t`); a local run ignores them.
-    gpus: int = 0
-    train_runtime: int = 60
-    eval_runtime: int = 30
+    gpus: int = field(default=0, metadata={'help': "GPUs per warm-up, train and evaluate job (Snakemake's gpu resource: --gpus=N on Slurm); 0 on CPU", 'minimum': 0})
+    train_runtime: int = field(default=60, metadata={'help': "wall-time limit of the warm-up and each train job, in minutes (Slurm's -t; ignored locally)", 'minimum': 1})
+    eval_runtime: int = field(default=30, metadata={'help': 'wall-time limit of each evaluate job, in minutes', 'minimum': 1})
 
 
 @dataclass
 class Config:
-    results_dir: str = "results"
+    results_dir: str = field(default="results", metadata={'help': 'where every sweep writes'})
     sweep: SweepConfig = field(default_factory=SweepConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -379,8 +284,9 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    signals: SignalsConfig = field(default_factory=SignalsConfig)
-    schemes: SchemesConfig = field(default_factory=SchemesConfig)
+    # Typed by `config_class()` from the installed signals' and schemes' config dataclasses.
+    signals: Any = field(default_factory=lambda: _sections("signals")())
+    schemes: Any = field(default_factory=lambda: _sections("schemes")())
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -433,7 +339,8 @@ def format_lr(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+def check(cond: bool, key: str, msg: str) -> None:
+    """Raise a ConfigError naming `key` unless `cond` (plugins' `validate` use it too)."""
     if not cond:
         raise ConfigError(f"config key '{key}': {msg}")
 
@@ -452,52 +359,52 @@ def _writable(path: Path) -> bool:
 def validate(cfg: Config) -> None:
     """Semantic checks that a type system cannot express."""
     sw = cfg.sweep
-    _check(bool(sw.name) and "/" not in sw.name, "sweep.name", "must be a non-empty name without '/'")
-    for key, values, allowed in (("sweep.signals", sw.signals, SIGNALS), ("sweep.schemes", sw.schemes, SCHEMES)):
-        _check(len(values) > 0, key, "must not be empty")
+    check(bool(sw.name) and "/" not in sw.name, "sweep.name", "must be a non-empty name without '/'")
+    signals, schemes = plugins.signals(), plugins.schemes()
+    for key, values, allowed in (("sweep.signals", sw.signals, signals), ("sweep.schemes", sw.schemes, schemes)):
+        check(len(values) > 0, key, "must not be empty")
         for v in values:
-            _check(v in allowed, key, f"unknown value '{v}' (choose from {', '.join(allowed)})")
-    supported = _default_pairs()
-    for sig, schemes in sw.pairs.items():
-        _check(sig in SIGNALS, "sweep.pairs", f"unknown signal '{sig}' (choose from {', '.join(SIGNALS)})")
-        for sch in schemes:
-            _check(sch in SCHEMES, f"sweep.pairs.{sig}", f"unknown scheme '{sch}' (choose from {', '.join(SCHEMES)})")
-            _check(sch in supported[sig], f"sweep.pairs.{sig}",
-                   f"'{sig}' × '{sch}' means nothing here ('{sig}' pairs with {', '.join(supported[sig])})")
-    _check(len(sw.learning_rates) > 0, "sweep.learning_rates", "must not be empty")
+            check(v in allowed, key, f"unknown value '{v}' (choose from {', '.join(allowed)})")
+    for sig, pair_schemes in sw.pairs.items():
+        check(sig in signals, "sweep.pairs", f"unknown signal '{sig}' (choose from {', '.join(signals)})")
+        for sch in pair_schemes:
+            check(sch in schemes, f"sweep.pairs.{sig}", f"unknown scheme '{sch}' (choose from {', '.join(schemes)})")
+            supported = signals[sig].schemes
+            check(sch in supported, f"sweep.pairs.{sig}",
+                  f"'{sig}' × '{sch}' means nothing here ('{sig}' pairs with {', '.join(supported)})")
+    check(len(sw.learning_rates) > 0, "sweep.learning_rates", "must not be empty")
     for lr in sw.learning_rates:
-        _check(lr > 0, "sweep.learning_rates", f"learning rate {lr} must be > 0")
-    _check(len(sw.seeds) > 0, "sweep.seeds", "must not be empty")
-    _check(len(set(sw.seeds)) == len(sw.seeds), "sweep.seeds", "must not repeat a seed")
+        check(lr > 0, "sweep.learning_rates", f"learning rate {lr} must be > 0")
+    check(len(sw.seeds) > 0, "sweep.seeds", "must not be empty")
+    check(len(set(sw.seeds)) == len(sw.seeds), "sweep.seeds", "must not repeat a seed")
     for key, f in [("sweep.baseline", sw.baseline)] + [(f"sweep.exclude[{i}]", e) for i, e in enumerate(sw.exclude)]:
-        _check(f.signal is None or f.signal in SIGNALS, f"{key}.signal", f"unknown signal '{f.signal}'")
-        _check(f.scheme is None or f.scheme in SCHEMES, f"{key}.scheme", f"unknown scheme '{f.scheme}'")
+        check(f.signal is None or f.signal in signals, f"{key}.signal", f"unknown signal '{f.signal}'")
+        check(f.scheme is None or f.scheme in schemes, f"{key}.scheme", f"unknown scheme '{f.scheme}'")
     cells = grid(cfg)
-    _check(len(cells) > 0, "sweep.signals",
+    check(len(cells) > 0, "sweep.signals",
            "no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)")
-    _check(
+    check(
         any(c.matches(sw.baseline) for c in cells), "sweep.baseline", "matches no cell of the grid"
     )
-    _check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
-    _validate_signals(cfg)
+    check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
+    _validate_plugins(cfg)
     w = cfg.world
-    _check(w.backend in ("synthetic", "bfcl"), "world.backend", f"unknown backend '{w.backend}' (choose from synthetic, bfcl)")
-    if w.backend == "bfcl":
-        _validate_bfcl(cfg)
+    worlds = [name for name, b in plugins.backends().items() if b.standalone]
+    check(w.backend in worlds, "world.backend", f"unknown backend '{w.backend}' (choose from {', '.join(worlds)})")
+    backend = plugins.backends()[w.backend]
+    backend.validate(cfg)
+    n_rl = backend.rl_task_count(w)
+    check(n_rl is None or n_rl >= cfg.rl.prompts_per_step,
+          "world.n_rl_tasks" if backend.settings == "world" else f"{backend.settings}.n_train",
+          f"gives {n_rl} RL tasks, fewer than rl.prompts_per_step ({cfg.rl.prompts_per_step})")
+    formats = plugins.formats()
     for key, name in (("world.train_format", w.train_format), ("world.ood_format", w.ood_format)):
-        _check(name in FORMATS, key, f"unknown format '{name}' (choose from {', '.join(FORMATS)})")
-    _check(w.ood_format != w.train_format, "world.ood_format", "must differ from world.train_format")
-    _check(w.prompt_style in ("compact", "full"), "world.prompt_style", "choose from compact, full")
-    from toolrl.envs.synthetic import DOMAINS
-
-    for key, doms in (("world.train_domains", w.train_domains), ("world.ood_domains", w.ood_domains)):
-        _check(len(doms) > 0, key, "must not be empty")
-        for d in doms:
-            _check(d in DOMAINS, key, f"unknown domain '{d}' (choose from {', '.join(DOMAINS)})")
-    _check(not set(w.train_domains) & set(w.ood_domains), "world.ood_domains", "overlaps world.train_domains")
+        check(name in formats, key, f"unknown format '{name}' (choose from {', '.join(formats)})")
+    check(w.ood_format != w.train_format, "world.ood_format", "must differ from world.train_format")
+    check(w.prompt_style in ("compact", "full"), "world.prompt_style", "choose from compact, full")
     for key, p in (("world.chain_prob", w.chain_prob), ("world.ask_back_prob", w.ask_back_prob),
                    ("warmup.train_format_share", cfg.warmup.train_format_share)):
-        _check(0.0 <= p <= 1.0, key, "must be in [0, 1]")
+        check(0.0 <= p <= 1.0, key, "must be in [0, 1]")
     for key, val in (
         ("world.n_eval_tasks", w.n_eval_tasks),
         ("world.n_rl_tasks", w.n_rl_tasks),
@@ -514,109 +421,78 @@ def validate(cfg: Config) -> None:
         ("resources.train_runtime", cfg.resources.train_runtime),
         ("resources.eval_runtime", cfg.resources.eval_runtime),
     ):
-        _check(val > 0, key, f"must be > 0, got {val}")
-    _check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
-    _check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
+        check(val > 0, key, f"must be > 0, got {val}")
+    check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
+    check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
            f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
-    _check(cfg.numerics.on_nonfinite in ("stop", "skip"), "numerics.on_nonfinite",
+    check(cfg.numerics.on_nonfinite in ("stop", "skip"), "numerics.on_nonfinite",
            f"choose from stop, skip, got '{cfg.numerics.on_nonfinite}'")
-    _check(cfg.rl.temperature > 0, "rl.temperature", f"must be > 0 (GRPO samples), got {cfg.rl.temperature}")
+    check(cfg.rl.temperature > 0, "rl.temperature", f"must be > 0 (GRPO samples), got {cfg.rl.temperature}")
     batch = cfg.rl.prompts_per_step * cfg.rl.num_generations
     mb = cfg.rl.micro_batch_size
-    _check(mb is None or (mb > 0 and batch % mb == 0), "rl.micro_batch_size",
+    check(mb is None or (mb > 0 and batch % mb == 0), "rl.micro_batch_size",
            f"must divide rl.prompts_per_step × rl.num_generations = {batch}, got {mb}")
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
-        _check(lr > 0, key, f"learning rate {lr} must be > 0")
-    _check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
-    from toolrl.paper import PUBLISHED
-
-    _check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
-    _check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",
+        check(lr > 0, key, f"learning rate {lr} must be > 0")
+    check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
+    check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
+    check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",
            f"unknown '{cfg.aggregate.paper}' (choose from {', '.join(PUBLISHED)}, or null)")
-    _check(_writable(Path(cfg.results_dir)), "results_dir",
+    check(_writable(Path(cfg.results_dir)), "results_dir",
            f"'{cfg.results_dir}' cannot be created or written here (the sweep writes every output under it)")
     if cfg.model.name_or_path is not None:
         p = Path(cfg.model.name_or_path)
         looks_local = (cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()) and not cfg.model.name_or_path.startswith("pypi:")
-        _check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
+        check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
 
 
-def _validate_bfcl(cfg: Config) -> None:
-    b = cfg.world.bfcl
-    _check(cfg.world.prompt_style == "full", "world.prompt_style",
-           "the bfcl backend shows the function docs as they are: set it to full")
-    for key, cats in (("world.bfcl.train_categories", b.train_categories), ("world.bfcl.test_categories", b.test_categories)):
-        _check(len(cats) > 0, key, "must not be empty")
-        for c in cats:
-            _check(c in BFCL_CATEGORIES, key, f"unknown category '{c}' (choose from {', '.join(BFCL_CATEGORIES)})")
-    for key, n in (("world.bfcl.n_train", b.n_train), ("world.bfcl.n_test", b.n_test)):
-        _check(0 < n <= 100, key, f"must be in [1, 100] (each half of the 200 scenarios), got {n}")
-    for c in b.held_out_classes:
-        _check(c in BFCL_CLASSES, "world.bfcl.held_out_classes", f"unknown API class '{c}' (choose from {', '.join(BFCL_CLASSES)})")
-    a = b.acebench
-    _check(a.path is not None or bool(b.held_out_classes), "world.bfcl.acebench.path",
-           "content_ood for the bfcl backend needs an ACEBench checkout (world.bfcl.acebench.path) "
-           "or held-out API classes (world.bfcl.held_out_classes)")
-    if a.path is not None:
-        _check(Path(a.path).is_dir(), "world.bfcl.acebench.path", f"folder '{a.path}' does not exist")
-    for c in a.categories:
-        _check(c in ("multi_step", "multi_turn"), "world.bfcl.acebench.categories",
-               f"unknown category '{c}' (choose from multi_step, multi_turn)")
-    if a.user is not None:
-        _check(a.path is not None, "world.bfcl.acebench.user", "a simulated user needs ACEBench tasks: set world.bfcl.acebench.path")
-        _check(a.user.kind in ("hf", "openai"), "world.bfcl.acebench.user.kind",
-               f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'")
-
-
-def _validate_signals(cfg: Config) -> None:
-    sig, sch, diag = cfg.signals, cfg.schemes, cfg.diagnostics
-    used = {c.signal for c in grid(cfg)}
-    for name, k in (("ops", sig.ops.k), ("hbg", sig.hbg.k)):
-        _check(k > 0, f"signals.{name}.k", f"must be > 0, got {k}")
-        if name in used:
-            _check(k < cfg.rl.num_generations, f"signals.{name}.k",
-                   f"must be in [1, rl.num_generations - 1] = [1, {cfg.rl.num_generations - 1}], got {k}")
-    _check(sig.ets.window > 0, "signals.ets.window", f"must be > 0, got {sig.ets.window}")
-    _check(sig.ets.rule in ("any", "all"), "signals.ets.rule", f"choose from any, all, got '{sig.ets.rule}'")
-    j = sig.prs.judge
-    _check(j.kind in ("rule", "hf", "openai"), "signals.prs.judge.kind", f"choose from rule, hf, openai, got '{j.kind}'")
-    if j.kind == "hf":
-        _check(j.model is not None, "signals.prs.judge.model", "the hf judge needs a model path")
-    if j.kind == "openai":
-        _check(j.url is not None and j.model is not None, "signals.prs.judge.url",
-               "the openai judge needs url and model")
-    _check(sig.ctrl.mode in ("penalty", "clamp"), "signals.ctrl.mode", f"choose from penalty, clamp, got '{sig.ctrl.mode}'")
-    _check(0 < sig.ctrl.threshold < 1, "signals.ctrl.threshold", "must be in (0, 1)")
-    _check(sig.ctrl.batch_size > 0, "signals.ctrl.batch_size", "must be > 0")
-    _check(sch.synchronous.sft_weight >= 0, "schemes.synchronous.sft_weight", "must be >= 0")
-    _check(sch.synchronous.batch_size > 0, "schemes.synchronous.batch_size", "must be > 0")
-    il = sch.interleaved
-    _check(len(il.rl_phases) > 0 and all(n > 0 for n in il.rl_phases), "schemes.interleaved.rl_phases",
-           "must be a non-empty list of positive step counts")
-    if any(c.scheme == "interleaved" for c in grid(cfg)):
-        _check(sum(il.rl_phases) == cfg.rl.steps, "schemes.interleaved.rl_phases",
-               f"must sum to rl.steps ({cfg.rl.steps}) so every scheme gets the same RL budget, "
-               f"got {sum(il.rl_phases)}")
-        _check(len(il.rl_phases) >= 2, "schemes.interleaved.rl_phases",
-               "needs at least two RL phases (SFT phases go between them)")
-    _check(sig.ctrl.coef >= 0, "signals.ctrl.coef", "must be >= 0")
-    n_rl = (len(cfg.world.bfcl.train_categories) * cfg.world.bfcl.n_train if cfg.world.backend == "bfcl"
-            else cfg.world.n_rl_tasks)
-    _check(n_rl >= cfg.rl.prompts_per_step, "world.bfcl.n_train" if cfg.world.backend == "bfcl" else "world.n_rl_tasks",
-           f"gives {n_rl} RL tasks, fewer than rl.prompts_per_step ({cfg.rl.prompts_per_step})")
-    _check(il.sft_steps > 0, "schemes.interleaved.sft_steps", "must be > 0")
-    _check(diag.window > 0, "diagnostics.window", "must be > 0")
-    _check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")
-    _check(0 < diag.token_shift <= 1, "diagnostics.token_shift", "must be in (0, 1]")
+def _validate_plugins(cfg: Config) -> None:
+    """Every installed signal and scheme checks its own section (`used`: some cell has it)."""
+    cells = grid(cfg)
+    for name, cls in plugins.signals().items():
+        cls.validate(cfg, any(c.signal == name for c in cells))
+    for name, cls in plugins.schemes().items():
+        cls.validate(cfg, any(c.scheme == name for c in cells))
+    diag = cfg.diagnostics
+    check(diag.window > 0, "diagnostics.window", "must be > 0")
+    check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")
+    check(0 < diag.token_shift <= 1, "diagnostics.token_shift", "must be in (0, 1]")
     for s in diag.restore_splits:
-        _check(s in SPLITS, "diagnostics.restore_splits", f"unknown split '{s}' (choose from {', '.join(SPLITS)})")
+        check(s in SPLITS, "diagnostics.restore_splits", f"unknown split '{s}' (choose from {', '.join(SPLITS)})")
     for i, r in enumerate(diag.forbid):
-        _check(len(r.tokens) > 0, f"diagnostics.forbid[{i}].tokens", "must not be empty")
+        check(len(r.tokens) > 0, f"diagnostics.forbid[{i}].tokens", "must not be empty")
+
+
+def _sections(kind: str) -> type:
+    """The `signals` or `schemes` section as one dataclass: a field per installed plugin with a
+    config class, in the registry's order."""
+    return _section_classes()[kind]
+
+
+@functools.cache
+def _section_classes() -> dict[str, type]:
+    out = {}
+    for kind, registry in (("signals", plugins.signals()), ("schemes", plugins.schemes())):
+        out[kind] = make_dataclass(f"{kind.title()}Config", [
+            (name, cls.config, field(default_factory=cls.config, metadata={"help": cls.summary}))
+            for name, cls in registry.items() if cls.config is not None])
+    return out
+
+
+@functools.cache
+def config_class() -> type[Config]:
+    """`Config` with its `signals` and `schemes` sections typed by the installed plugins: what a
+    YAML file is loaded onto, so an unknown key or a wrong type inside them fails with its name."""
+    sig, sch = _sections("signals"), _sections("schemes")
+    return make_dataclass("Config", [
+        ("signals", sig, field(default_factory=sig, metadata={"help": "what each supervisory signal adds"})),
+        ("schemes", sch, field(default_factory=sch, metadata={"help": "how SFT and RL combine in each scheme"})),
+    ], bases=(Config,))
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load YAML onto the schema; unknown keys and wrong types fail with the key's name."""
-    schema = OmegaConf.structured(Config)
+    schema = OmegaConf.structured(config_class())
     try:
         merged = schema
         if path is not None:
@@ -696,12 +572,7 @@ def section_hash(cfg: Config | Mapping[str, Any], *paths: str, exclude: tuple[st
 
 def cell_sections(signal: str, scheme: str) -> list[str]:
     """The config sections one training job reads, so that tuning one signal reruns only its cells."""
-    sections = ["rl", "rollout"]
-    if scheme != "rl":
-        sections += ["sft"] + ([f"schemes.{scheme}"] if scheme in ("synchronous", "interleaved") else [])
-    sections += {"ops": ["signals.ops"], "hbg": ["signals.hbg"], "ets": ["signals.ets"],
-                 "prs": ["signals.ets", "signals.prs"], "ctrl": ["signals.ctrl", "diagnostics.forbid"]}.get(signal, [])
-    return sections
+    return ["rl", "rollout", *plugins.schemes()[scheme].sections(), *plugins.signals()[signal].sections()]
 
 
 def grid(cfg: Config) -> list[Cell]:
@@ -724,6 +595,6 @@ def parse_cell(signal: str, scheme: str, lr: str, seed: str) -> Cell:
 
 
 __all__ = [
-    "Cell", "CellFilter", "Config", "ConfigError", "ForbidRule", "JudgeConfig", "SIGNALS", "SCHEMES", "SPLITS",
-    "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "sections", "to_dict", "validate",
+    "Cell", "CellFilter", "Config", "ConfigError", "ForbidRule", "JudgeConfig", "SPLITS",
+    "check", "config_class", "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "sections", "to_dict", "validate",
 ]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolrl.config import CellFilter
-
 
 @dataclass(frozen=True)
 class Published:
     recipe: str  # the paper's words
-    cell: CellFilter  # the groups it is set beside
+    signal: str  # the groups it is set beside
+    scheme: str
     score: float  # percent
     source: str
 
@@ -27,11 +26,11 @@ PAPER_SPLIT = "id"  # the split the published numbers are comparable with
 
 PUBLISHED: dict[str, tuple[Published, ...]] = {
     "hao2026-qwen2.5-1.5b": (
-        Published("vanilla RL (GRPO)", CellFilter(signal="none", scheme="rl"), 3.50,
+        Published("vanilla RL (GRPO)", "none", "rl", 3.50,
                   "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"),
-        Published("interleaving SFT with RL", CellFilter(signal="ets", scheme="interleaved"), 17.25,
+        Published("interleaving SFT with RL", "ets", "interleaved", 17.25,
                   "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct; the signal is not named (ETS assumed)"),
-        Published("process reflection supervision", CellFilter(signal="prs", scheme="interleaved"), 25.75,
+        Published("process reflection supervision", "prs", "interleaved", 25.75,
                   "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"),
     ),
 }
@@ -41,7 +40,7 @@ def published_for(key: str | None, signal: str | None, scheme: str | None) -> Pu
     """The published number for a group, or None (no reference chosen, or none for this recipe)."""
     if key is None or signal is None:
         return None
-    return next((p for p in PUBLISHED[key] if p.cell.signal == signal and p.cell.scheme == scheme), None)
+    return next((p for p in PUBLISHED[key] if p.signal == signal and p.scheme == scheme), None)
 
 
 __all__ = ["PAPER_SPLIT", "PUBLISHED", "Published", "published_for"]

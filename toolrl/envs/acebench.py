@@ -47,8 +47,9 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from toolrl.config import ACEBenchConfig
+from toolrl.config import ACEBenchConfig, WorldConfig
 from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
+from toolrl.plugins import Backend
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def _error(message: str) -> str:
 
 
 class Chat(Protocol):
-    """The LLM behind the user: `toolrl.reflect.HFJudge` or `OpenAIJudge`."""
+    """The LLM behind the user: `toolrl.models.llm.HFChat` or `OpenAIChat`."""
 
     def chat(self, messages: list[dict[str, str]]) -> str: ...
 
@@ -410,11 +411,28 @@ def make_user(cfg: ACEBenchConfig) -> SimulatedUsers | None:
     those tasks out). The LLM is built here, once, so a bad path or key fails before any episode."""
     if cfg.user is None:
         return None
-    from toolrl.reflect import HFJudge, OpenAIJudge
+    from toolrl.models.llm import HFChat, OpenAIChat
 
     where = "world.bfcl.acebench.user"
     if cfg.user.kind == "hf":
-        return SimulatedUsers(HFJudge(cfg.user, where))
+        return SimulatedUsers(HFChat(cfg.user, where))
     if cfg.user.kind == "openai":
-        return SimulatedUsers(OpenAIJudge(cfg.user, where))
+        return SimulatedUsers(OpenAIChat(cfg.user, where))
     raise ValueError(f"{where}.kind: a simulated user needs an LLM (hf or openai), got '{cfg.user.kind}'")
+
+
+class ACEBench(Backend):
+    """ACEBench's English agent tasks from a user checkout: only as BFCL's content_ood."""
+
+    name = "acebench"
+    summary = "ACEBench agent tasks from a checkout (world.bfcl.acebench): BFCL's content_ood"
+    standalone = False
+    settings = "world.bfcl.acebench"
+
+    @classmethod
+    def make_env(cls, task: Task) -> ACEBenchEnv:
+        return ACEBenchEnv(task)
+
+    @classmethod
+    def users(cls, world: WorldConfig) -> SimulatedUsers | None:
+        return make_user(world.bfcl.acebench)

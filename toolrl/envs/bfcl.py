@@ -23,9 +23,14 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from toolrl.config import BFCL_CATEGORIES, BFCL_CLASSES, check
 from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
+from toolrl.plugins import Backend
+
+if TYPE_CHECKING:
+    from toolrl.config import Config, WorldConfig
 
 CATEGORIES = ("base", "miss_param", "miss_func", "long_context")
 N_SCENARIOS = 200
@@ -338,3 +343,59 @@ def _check_value(spec: dict[str, Any], value: Any, name: str) -> tuple[Any, str 
             items.append(checked)
         value = items
     return value, None
+
+
+class BFCL(Backend):
+    """BFCL multi-turn from the installed `bfcl-eval` package, the paper's split; content_ood is
+    ACEBench where a checkout is given, else the test tasks of held-out API classes."""
+
+    name = "bfcl"
+    summary = "BFCL multi-turn from the bfcl-eval package (the paper's split)"
+    settings = "world.bfcl"
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        b = cfg.world.bfcl
+        check(cfg.world.prompt_style == "full", "world.prompt_style",
+               "the bfcl backend shows the function docs as they are: set it to full")
+        for key, cats in (("world.bfcl.train_categories", b.train_categories), ("world.bfcl.test_categories", b.test_categories)):
+            check(len(cats) > 0, key, "must not be empty")
+            for c in cats:
+                check(c in BFCL_CATEGORIES, key, f"unknown category '{c}' (choose from {', '.join(BFCL_CATEGORIES)})")
+        for key, n in (("world.bfcl.n_train", b.n_train), ("world.bfcl.n_test", b.n_test)):
+            check(0 < n <= 100, key, f"must be in [1, 100] (each half of the 200 scenarios), got {n}")
+        for c in b.held_out_classes:
+            check(c in BFCL_CLASSES, "world.bfcl.held_out_classes", f"unknown API class '{c}' (choose from {', '.join(BFCL_CLASSES)})")
+        a = b.acebench
+        check(a.path is not None or bool(b.held_out_classes), "world.bfcl.acebench.path",
+               "content_ood for the bfcl backend needs an ACEBench checkout (world.bfcl.acebench.path) "
+               "or held-out API classes (world.bfcl.held_out_classes)")
+        if a.path is not None:
+            check(Path(a.path).is_dir(), "world.bfcl.acebench.path", f"folder '{a.path}' does not exist")
+        for c in a.categories:
+            check(c in ("multi_step", "multi_turn"), "world.bfcl.acebench.categories",
+                   f"unknown category '{c}' (choose from multi_step, multi_turn)")
+        if a.user is not None:
+            check(a.path is not None, "world.bfcl.acebench.user", "a simulated user needs ACEBench tasks: set world.bfcl.acebench.path")
+            check(a.user.kind in ("hf", "openai"), "world.bfcl.acebench.user.kind",
+                   f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'")
+
+    @classmethod
+    def rl_task_count(cls, world: WorldConfig) -> int:
+        return len(world.bfcl.train_categories) * world.bfcl.n_train
+
+    @classmethod
+    def make_splits(cls, world: WorldConfig) -> dict[str, list[Task]]:
+        """The warm-up (SFT before RL, if any) sees the training tasks only."""
+        b = world.bfcl
+        splits = make_splits(b.train_categories, b.test_categories, b.split_seed, b.n_train, b.n_test,
+                             b.held_out_classes)
+        if b.acebench.path is not None:
+            from toolrl.envs import acebench
+
+            splits["content_ood"] = acebench.load_tasks(b.acebench)
+        return {"warmup": splits["rl"], **splits}
+
+    @classmethod
+    def make_env(cls, task: Task) -> BFCLEnv:
+        return BFCLEnv(task)

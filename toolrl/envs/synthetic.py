@@ -11,9 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from toolrl.envs.base import Call, Task, Turn
+from toolrl.plugins import Backend
+
+if TYPE_CHECKING:
+    from toolrl.config import Config, WorldConfig
 
 VALUES: dict[str, list[str]] = {
     "person": ["Ada", "Ben", "Cleo", "Dan", "Eva", "Finn"],
@@ -346,3 +350,65 @@ def signature(task: Task) -> tuple[str, ...]:
 
 def make_env(task: Task) -> Domain:
     return DOMAINS[task.domain](task.init)
+
+
+def _tasks(cfg: WorldConfig, split: str, domains: list[str], n: int, exclude: set[tuple[str, ...]]) -> list[Task]:
+    rng = random.Random(f"{cfg.seed}:{split}")
+    out: list[Task] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"world: cannot draw {n} distinct held-out '{split}' tasks; lower world.n_eval_tasks")
+        t = make_task(rng, f"{split}-{len(out):05d}", rng.choice(domains), cfg.turns_choices, cfg.calls_choices,
+                      cfg.chain_prob, cfg.ask_back_prob)
+        if signature(t) in exclude:
+            continue
+        if split in ("id", "content_ood"):
+            exclude.add(signature(t))  # no duplicates inside an eval split either
+        out.append(t)
+    return out
+
+
+def make_splits(cfg: WorldConfig) -> dict[str, list[Task]]:
+    """`warmup` (all domains: pre-training stands in for what a real model already knows), `rl`
+    (training domains only: RL and every supervisory signal see only these), `id` (held-out tasks
+    of the training domains) and `content_ood` (held-out tasks of domains RL never sees). An
+    evaluation task is held out when no training task has the same user messages."""
+    warmup = _tasks(cfg, "warmup", cfg.train_domains + cfg.ood_domains, cfg.n_warmup_tasks, set())
+    rl = _tasks(cfg, "rl", cfg.train_domains, cfg.n_rl_tasks, set())
+    seen = {signature(t) for t in warmup + rl}
+    return {
+        "warmup": warmup,
+        "rl": rl,
+        "id": _tasks(cfg, "id", cfg.train_domains, cfg.n_eval_tasks, set(seen)),
+        "content_ood": _tasks(cfg, "content_ood", cfg.ood_domains, cfg.n_eval_tasks, set(seen)),
+    }
+
+
+class Synthetic(Backend):
+    name = "synthetic"
+    summary = "the embedded world: four stateful domains, tasks generated from world.seed"
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        from toolrl.config import check
+
+        w = cfg.world
+        for key, doms in (("world.train_domains", w.train_domains), ("world.ood_domains", w.ood_domains)):
+            check(len(doms) > 0, key, "must not be empty")
+            for d in doms:
+                check(d in DOMAINS, key, f"unknown domain '{d}' (choose from {', '.join(DOMAINS)})")
+        check(not set(w.train_domains) & set(w.ood_domains), "world.ood_domains", "overlaps world.train_domains")
+
+    @classmethod
+    def rl_task_count(cls, world: WorldConfig) -> int:
+        return world.n_rl_tasks
+
+    @classmethod
+    def make_splits(cls, world: WorldConfig) -> dict[str, list[Task]]:
+        return make_splits(world)
+
+    @classmethod
+    def make_env(cls, task: Task) -> Domain:
+        return make_env(task)

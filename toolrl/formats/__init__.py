@@ -1,12 +1,13 @@
-"""Tool-call syntaxes: each renders the tool section and expert calls, and parses model messages."""
+"""Tool-call syntaxes: each renders the tool section and expert calls, and parses model messages.
+A module here with a `Format` subclass that has a `name` is a syntax; other packages add theirs
+through the `toolrl.formats` entry-point group."""
 
 from __future__ import annotations
 
+from toolrl import plugins
 from toolrl.formats.base import Format, Parsed
-from toolrl.formats.python_list import PythonList
-from toolrl.formats.qwen_json import QwenJson
 
-FORMATS: dict[str, type[Format]] = {"json": QwenJson, "python": PythonList}
+FORMATS: dict[str, type[Format]] = plugins.formats()
 
 
 def get_format(name: str, style: str = "compact") -> Format:

@@ -6,7 +6,7 @@ rule prepare:
     params:
         config=RESOLVED,
         world=section_hash(CFG_DATA, "world"),
-        out=f"{SWEEP}/data",
+        out=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         f"{SWEEP}/logs/prepare.log",
     conda:

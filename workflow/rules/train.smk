@@ -10,8 +10,8 @@ rule warmup:
     params:
         config=RESOLVED,
         stage=section_hash(CFG_DATA, "model", "warmup", "rollout"),
-        data=f"{SWEEP}/data",
-        out=f"{SWEEP}/base",
+        data=data_dir,
+        out=lambda wildcards, output: str(Path(output.report).parent),
     threads: CFG.resources.warmup_threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,
@@ -23,7 +23,9 @@ rule warmup:
         "../../envs/toolrl.yaml"
     shell:
         "python -m toolrl warmup --config {params.config} --data {params.data} --experiment {input.experiment}"
-        " --out {params.out} --threads {threads}" + (" --pretrained {input.pretrained}" if PRETRAINED else "") + " 2> {log}"
+        " --out {params.out} --threads {threads}"
+        + (" --pretrained {input.pretrained}" if PRETRAINED else "")
+        + " 2> {log}"
 
 
 rule train:
@@ -39,8 +41,8 @@ rule train:
     params:
         config=RESOLVED,
         stage=lambda w: train_stage(w.signal, w.scheme),
-        data=f"{SWEEP}/data",
-        out=f"{SWEEP}/runs/{CELL}",
+        data=data_dir,
+        out=lambda wildcards, output: str(Path(output.run).parent),
     threads: CFG.resources.threads
     resources:
         mem_mb=CFG.resources.train_mem_mb,

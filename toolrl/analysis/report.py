@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolrl import plots, tables
-from toolrl.collapse import CURVES, detect, series
+from toolrl.analysis import plots, tables
+from toolrl.analysis.collapse import CURVES, detect, series
+from toolrl.analysis.outputs import BY_NAME, OUTPUTS
 from toolrl.config import SPLITS, Cell, CellFilter, DiagnosticsConfig, parse_cell
 from toolrl.io import read_json, read_jsonl, require, write_bytes, write_text
 from toolrl.paper import PAPER_SPLIT, PUBLISHED, published_for
-from toolrl.stats import (
+from toolrl.analysis.stats import (
     CORRECTIONS,
     adjust,
     compare,
@@ -32,7 +34,7 @@ from toolrl.stats import (
     probability_of_improvement,
     summarize,
 )
-from toolrl.tables import BASE, TESTS
+from toolrl.analysis.tables import BASE, TESTS
 
 log = logging.getLogger(__name__)
 
@@ -370,25 +372,33 @@ def aggregate(
     for g in tables.few_seed_groups(summary):
         log.warning("group %s has only %d seed(s); its CI and p-values are unreliable", g["name"], g["n"])
 
-    out = sweep_dir / "tables"
-    write_text(out / "main.md", tables.main_markdown(summary))
-    write_text(out / "main.csv", tables.main_csv(summary))
-    write_text(out / "main.tex", tables.main_latex(summary))
-    write_text(out / "effects.md", tables.effects_markdown(summary))
-    for name in tables.PIVOTS:
-        write_text(out / f"{name}.md", tables.pivot_markdown(summary, name))
-        write_text(out / f"{name}.csv", tables.pivot_csv(summary, name))
-        write_text(out / f"{name}.tex", tables.pivot_latex(summary, name))
     cat_rows = category_rows(ordered, splits)
-    write_text(out / "categories.md", tables.category_markdown(cat_rows, splits))
-    write_text(out / "categories.csv", tables.category_csv(cat_rows))
-    figures = {"success": plots.success(summary), "curves": plots.curves(ordered),
-               "lr": plots.lr_sensitivity(summary), "profiles": plots.profiles(summary, scores)}
+    figures = {"plot": plots.success(summary), "curves": plots.curves(ordered),
+               "lr_plot": plots.lr_sensitivity(summary), "profiles": plots.profiles(summary, scores)}
+    # What each file of OUTPUTS holds, by its name; the paths come from OUTPUTS alone.
+    render: dict[str, Callable[[], str | bytes]] = {
+        "table": partial(tables.main_markdown, summary),
+        "csv": partial(tables.main_csv, summary),
+        "tex": partial(tables.main_latex, summary),
+        "effects": partial(tables.effects_markdown, summary),
+        "categories": partial(tables.category_markdown, cat_rows, splits),
+        "categories_csv": partial(tables.category_csv, cat_rows),
+        # allow_nan=False: a NaN that slipped through would be invalid JSON for every strict reader.
+        "summary": lambda: json.dumps(summary, indent=2, allow_nan=False) + "\n",
+    }
+    for name in tables.PIVOTS:
+        render[name] = partial(tables.pivot_markdown, summary, name)
+        render[f"{name}_csv"] = partial(tables.pivot_csv, summary, name)
+        render[f"{name}_tex"] = partial(tables.pivot_latex, summary, name)
     for name, fig in figures.items():
-        for fmt in plots.FORMATS:
-            write_bytes(sweep_dir / "plots" / f"{name}.{fmt}", plots.render(fig, fmt))
-    # allow_nan=False: a NaN that slipped through would be invalid JSON for every strict reader.
-    write_text(sweep_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        render[name] = partial(plots.render, fig, "png")
+        render[f"{name}_pdf"] = partial(plots.render, fig, "pdf")
+    if set(render) != set(BY_NAME):
+        raise RuntimeError(f"aggregate outputs without a renderer: {sorted(set(BY_NAME) - set(render))}; "
+                           f"renderers without an output: {sorted(set(render) - set(BY_NAME))}")
+    for out in OUTPUTS:
+        data = render[out.name]()
+        (write_text if isinstance(data, str) else write_bytes)(sweep_dir / out.path, data)
     log.info("wrote tables, plots and summary under %s (baseline %s)", sweep_dir, ref.name)
     return summary
 

@@ -12,14 +12,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from toolrl.collapse import CURVES
+from toolrl.analysis.collapse import CURVES
 from toolrl.config import format_lr
-from toolrl.stats import performance_profile
+from toolrl.analysis.stats import performance_profile
 
 if TYPE_CHECKING:
-    from toolrl.report import Group
+    from toolrl.analysis.report import Group
 
-FORMATS = ("png", "pdf")
 BASE = "base"
 
 

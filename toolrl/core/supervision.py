@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from toolrl.envs.base import Task
-from toolrl.episode import Message, expert_messages
+from toolrl.core.episode import Message, expert_messages
 from toolrl.formats import Format
 
 

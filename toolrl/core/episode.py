@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from typing import Any, Protocol
 
-from toolrl.diagnostics import output_state
+from toolrl.core.diagnostics import output_state
 from toolrl.envs.base import Call, Task, cap_observation
 from toolrl.envs import make_env
 from toolrl.formats import Format

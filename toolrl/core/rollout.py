@@ -20,10 +20,11 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from toolrl.config import RolloutConfig
-from toolrl.diagnostics import ControlTokenProbe, ForbidPatterns
+from toolrl.core.diagnostics import ControlTokenProbe, ForbidPatterns
 from toolrl.envs.base import Task
-from toolrl.episode import Episode, Message, User, expert_messages
+from toolrl.core.episode import Episode, Message, User, expert_messages
 from toolrl.formats import Format
+from toolrl.models.chat import continuation, render
 
 
 @dataclass
@@ -65,23 +66,6 @@ def new_episode(task: Task, fmt: Format, cfg: RolloutConfig, users: Users | None
     """`users` gives a task its simulated user, if it has one (ACEBench's multi_turn)."""
     return Episode(task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check,
                    user=users(task) if users is not None else None)
-
-
-def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def continuation(tokenizer: PreTrainedTokenizerBase, history: list[Message], new: list[Message]) -> str:
-    """The text the environment inserts after the model's `<|im_end|>`: whatever the chat template
-    puts between the end of the last assistant message and the next assistant header. Computed
-    from the model's own template, so a real checkpoint's layout is followed exactly."""
-    before = render(tokenizer, history, False)
-    after = render(tokenizer, history + new, True)
-    if not after.startswith(before):
-        raise ValueError("the chat template is not prefix-preserving; multi-turn rollouts need one that is")
-    eos = tokenizer.eos_token
-    cut = before.rindex(eos) + len(eos)
-    return after[cut:]
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -16,14 +16,15 @@ from typing import Any, Callable
 
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-from toolrl import evaluate, model as models
-from toolrl.config import FORMATS, Config
-from toolrl.data import echo_messages, read_tasks
+from toolrl.training import evaluate
+from toolrl.models import model as models
+from toolrl.config import Config
+from toolrl.envs.data import echo_messages, read_tasks
 from toolrl.envs.base import Task
 from toolrl.envs.synthetic import VALUE_TOKENS
-from toolrl.episode import Message, expert_messages
-from toolrl.formats import get_format
-from toolrl.guards import NonFiniteGuard
+from toolrl.core.episode import Message, expert_messages
+from toolrl.formats import FORMATS, get_format
+from toolrl.models.guards import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def build_tiny(cfg: Config, trajectory: Callable[[], list[Message]], rng: random
 
 def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: str | None = None) -> dict[str, Any]:
     """`pretrained` replaces model.name_or_path where the workflow converted it first (GGUF)."""
-    from toolrl import sft  # imports trl: here, so that build_tiny's importers need not have it
+    from toolrl.training import sft  # imports trl: here, so that build_tiny's importers need not have it
 
     source = pretrained or cfg.model.name_or_path
     rng = random.Random(f"{cfg.world.seed}:warmup-sft:{seed}")

@@ -1,16 +1,13 @@
-"""GRPO on multi-turn tool use: TRL's GRPOTrainer driven by our rollout engine, plus the
-supervisory signals and training schemes of the sweep.
+"""GRPO on multi-turn tool use: TRL's GRPOTrainer driven by our rollout engine, with the cell's
+supervisory signal and training scheme plugged in through their hooks (`toolrl.plugins`).
 
 TRL's built-in tool loop handles one user turn and needs a stock chat template; our tasks have up
 to three user turns, so we plug the batched multi-turn engine in through `rollout_func` and mark
-inserted tokens with `env_mask`. Advantages, clipping, KL and the optimizer stay TRL's. The signals
-enter where TRL leaves room for them:
-- in the rollout function (OPS replaces rollouts by the expert trajectory, HBG samples some with a
-  hint that the scored prompt lacks, void_filter zeroes the mask of void trajectories, the ctrl
-  clamp masks collapsed patterns while sampling);
-- in `compute_loss` (synchronous SFT term, ctrl penalty), and in `training_step`, which runs the
-  SFT phases of the interleaved scheme inside the same trainer, so optimizer state and the step
-  counter carry over from phase to phase.
+inserted tokens with `env_mask`. Advantages, clipping, KL and the optimizer stay TRL's. The hooks
+enter where TRL leaves room for them: the rollout function composes each group (policy, hinted and
+expert members), masks sampling and filters trajectories; `compute_loss` adds the loss terms; and
+`training_step` runs the SFT phases of a scheme inside the same trainer, so optimizer state and the
+step counter carry over from phase to phase. The trainer never tests a signal's or scheme's name.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -28,14 +25,16 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from toolrl import model as models, rollout
+from toolrl.models import model as models
+from toolrl.core import rollout
 from toolrl.config import Config, RLConfig, RolloutConfig
-from toolrl.diagnostics import STATES, ForbidPatterns, forbid_rules
+from toolrl.plugins import CellContext, LossTerm, PhaseData, Scheme, Signal, schemes, signals
+from toolrl.core.diagnostics import STATES
 from toolrl.envs.base import Task
-from toolrl.episode import Message
+from toolrl.core.episode import Message
 from toolrl.formats import Format
-from toolrl.supervision import (ExpertPool, FailureLog, GroupOutcome, control_penalty, encode_examples, hint_text,
-                                token_weights, weighted_nll)
+from toolrl.core.supervision import ExpertPool, FailureLog, GroupOutcome, encode_examples, token_weights, weighted_nll
+from toolrl.training.warmup import value_token_ids
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -64,27 +63,6 @@ def rollout_metrics(rollouts: list[rollout.Rollout]) -> dict[str, float]:
     return out
 
 
-@dataclass
-class SignalSetup:
-    """What one cell's signal changes inside the RL step."""
-
-    ops_k: int = 0  # rollouts per group replaced by the expert trajectory
-    hbg_k: int = 0  # rollouts per group sampled with a hint
-    void_filter: bool = False
-    clamp: ForbidPatterns | None = None
-
-
-def signal_setup(cfg: Config, signal: str, tokenizer: PreTrainedTokenizerBase) -> SignalSetup:
-    sig = cfg.signals
-    return SignalSetup(
-        ops_k=sig.ops.k if signal == "ops" else 0,
-        hbg_k=sig.hbg.k if signal == "hbg" else 0,
-        void_filter=signal == "void_filter",
-        clamp=ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
-        if signal == "ctrl" and sig.ctrl.mode == "clamp" else None,
-    )
-
-
 def vllm_generate(trainer: GRPOTrainer, max_new_tokens: int) -> rollout.Generate | None:
     """TRL's vLLM engine as the rollout's generator, when the trainer runs one (TRL syncs the
     policy's weights into it before calling the rollout_func). It samples at `rl.temperature`;
@@ -104,41 +82,39 @@ def vllm_generate(trainer: GRPOTrainer, max_new_tokens: int) -> rollout.Generate
 class MultiTurnRollout:
     """A `rollout_func` for GRPOTrainer. Prompts are task ids (TRL passes only the prompt column,
     already repeated `num_generations` times, each group contiguous); each comes back as one
-    multi-turn completion. The first `ops_k` (OPS) or `hbg_k` (HBG) members of a group are the
-    supervised ones; the on-policy rest alone feed `success`, the diagnostics and ETS."""
+    multi-turn completion. The signal gives each group member its kind: sampled from the policy,
+    sampled with a hint (HBG) or the expert trajectory replayed (OPS); the on-policy members alone
+    feed `success`, the diagnostics and the failure log that ETS and PRS select from."""
 
-    def __init__(self, tasks: list[Task], fmt: Format, tokenizer: PreTrainedTokenizerBase, cfg: RolloutConfig,
-                 rl: RLConfig, setup: SignalSetup, seed: int):
-        self.tasks = {t.id: t for t in tasks}
-        self.fmt = fmt
-        self.tokenizer = tokenizer
+    def __init__(self, ctx: CellContext, signal: Signal, cfg: RolloutConfig, rl: RLConfig):
+        self.ctx = ctx
+        self.tasks = ctx.tasks
+        self.signal = signal
         self.cfg = cfg
         self.temperature = rl.temperature
         self.n = rl.num_generations
-        self.setup = setup
-        self.seed = seed
+        self.mask = signal.sampling_mask(ctx)
         self.failures = FailureLog()
         self.rl_steps = 0
         self.last: dict[str, float] = {}
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
-        torch.manual_seed(self.seed * 1_000_003 + trainer.state.global_step)
+        torch.manual_seed(self.ctx.seed * 1_000_003 + trainer.state.global_step)
         model = trainer.accelerator.unwrap_model(trainer.model)
-        s = self.setup
-        member = [i % self.n for i in range(len(prompts))]
-        expert = [m < s.ops_k for m in member]
-        hints = [hint_text(self.tasks[p], self.fmt) if m < s.hbg_k else None for p, m in zip(prompts, member)]
-        sampled_idx = [i for i, e in enumerate(expert) if not e]
-        sampled = rollout.run(model, self.tokenizer, [self.tasks[prompts[i]] for i in sampled_idx], self.fmt,
+        ctx, tok, fmt = self.ctx, self.ctx.tokenizer, self.ctx.fmt
+        kinds = [self.signal.member_kind(i % self.n) for i in range(len(prompts))]
+        hints = [self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds)]
+        sampled_idx = [i for i, k in enumerate(kinds) if k != "expert"]
+        sampled = rollout.run(model, tok, [self.tasks[prompts[i]] for i in sampled_idx], fmt,
                               self.cfg, sample=True, temperature=self.temperature,
-                              hints=[hints[i] for i in sampled_idx], forbid=s.clamp,
-                              generate=None if s.clamp is not None else vllm_generate(trainer, self.cfg.max_new_tokens))
+                              hints=[hints[i] for i in sampled_idx], forbid=self.mask,
+                              generate=None if self.mask is not None else vllm_generate(trainer, self.cfg.max_new_tokens))
         rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
         for i, r in zip(sampled_idx, sampled):
             rs[i] = r
-        for i, e in enumerate(expert):
-            if e:
-                rs[i] = rollout.replay(self.tokenizer, self.tasks[prompts[i]], self.fmt, self.cfg)
+        for i, k in enumerate(kinds):
+            if k == "expert":
+                rs[i] = rollout.replay(tok, self.tasks[prompts[i]], fmt, self.cfg)
                 if not rs[i].success:  # truncated: GRPO would push the ground truth down
                     raise ValueError(f"the expert trajectory of task {prompts[i]} does not fit the rollout budget; "
                                      "raise config keys rollout.max_total_tokens / rollout.max_messages")
@@ -147,10 +123,7 @@ class MultiTurnRollout:
         policy = [r for r in rs if r.kind == "policy"]
         self.last = rollout_metrics(policy)
         self.last["success/with_supervised"] = sum(r.success for r in rs) / len(rs)
-        masks = [r.env_mask for r in rs]
-        if s.void_filter:
-            masks = [[0] * len(m) if r.episode.voids else m for r, m in zip(rs, masks)]
-            self.last["void_filtered"] = sum(r.episode.voids > 0 for r in rs) / len(rs)
+        masks = self.signal.filter_rollouts(rs, [r.env_mask for r in rs], self.last)
         return {
             "prompt_ids": [r.prompt_ids for r in rs],
             "completion_ids": [r.completion_ids for r in rs],
@@ -191,64 +164,36 @@ class Plan:
         raise IndexError("step beyond the plan")
 
 
-class SFTPhaseData:
-    """Builds each interleaved SFT phase's examples when the phase starts: expert trajectories of
-    random RL tasks (signal sft), of the tasks that failed recently (ets), plus a reflection on
-    each of their failed trajectories (prs)."""
+@dataclass
+class ToolGRPOConfig(GRPOConfig):
+    """TRL's GRPOConfig plus what our schemes add: the SFT steps inside a run (interleaved) and the
+    supervised losses' value-token weight."""
 
-    def __init__(self, signal: str, pool: ExpertPool, source: MultiTurnRollout, window: int, rule: str,
-                 judge: Callable[[Task, list[Message]], list[Message]] | None, batch_size: int, steps: int, seed: int):
-        self.signal = signal
-        self.pool = pool
-        self.source = source
-        self.window = window
-        self.rule = rule
-        self.judge = judge
-        self.need = batch_size * steps
-        self.rng = random.Random(seed)
-        self.selected: list[str] = []
-
-    def build(self) -> list[list[Message]]:
-        if self.signal == "sft":
-            self.selected = []
-            return self.pool.sample(self.need)
-        if self.signal not in ("ets", "prs"):
-            raise ValueError(f"signal '{self.signal}' has no interleaved SFT data (sft, ets, prs do)")
-        chosen = self.source.failures.select(self.source.rl_steps, self.window, self.rule)
-        self.selected = sorted(chosen)
-        examples = [self.pool.messages(self.source.tasks[t]) for t in self.selected]
-        if self.signal == "prs" and self.judge is not None:
-            examples += [self.judge(self.source.tasks[t], g.failed_messages)
-                         for t, g in sorted(chosen.items()) if g.failed_messages]
-        if not examples:
-            return []
-        self.rng.shuffle(examples)  # before the cut, so a surplus drops no task or kind first
-        order = [examples[i % len(examples)] for i in range(self.need)]
-        self.rng.shuffle(order)
-        return order
+    rl_phases: list[int] = field(default_factory=list, metadata={"help": "steps of each RL phase"})
+    sft_steps: int = field(default=0, metadata={"help": "SFT steps between two RL phases"})
+    sft_learning_rate: float = field(default=0.0, metadata={"help": "learning rate of SFT steps"})
+    sft_batch_size: int = field(default=0, metadata={"help": "expert trajectories per SFT step"})
+    value_weight: float = field(default=1.0, metadata={"help": "loss weight of argument-value tokens"})
 
 
 class ToolGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer plus the sweep's schemes: an extra loss on expert batches at every RL step
-    (synchronous SFT, ctrl penalty), and SFT steps inside the same run (interleaved)."""
+    """GRPOTrainer plus a cell's signal and scheme: their loss terms on expert batches at every RL
+    step (synchronous SFT, ctrl penalty), and SFT steps inside the same run (interleaved), whose
+    data the signal chooses."""
 
-    def __init__(self, *args: Any, plan: Plan, extra: dict[str, float], pool: ExpertPool | None = None,
-                 sync_weight: float = 0.0, sync_batch: int = 0, penalty: tuple[float, float, int] | None = None,
-                 sft_data: SFTPhaseData | None = None, sft_lr: float = 0.0, sft_batch: int = 0,
-                 value_ids: list[int] | None = None, value_weight: float = 1.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.plan = plan
+    args: ToolGRPOConfig
+
+    def __init__(self, *args: Any, ctx: CellContext, signal: Signal, scheme: Scheme, source: MultiTurnRollout,
+                 extra: dict[str, float], **kwargs: Any):
+        super().__init__(*args, rollout_func=source, **kwargs)
+        self.ctx = ctx
+        self.signal = signal
+        self.source = source
+        self.plan = Plan(self.args.rl_phases, self.args.sft_steps)
         self.extra = extra
-        self.pool = pool
-        self.sync_weight = sync_weight
-        self.sync_batch = sync_batch
-        self.penalty = penalty  # (coef, threshold, batch size)
-        self.sft_data = sft_data
-        self.sft_lr = sft_lr
-        self.sft_batch = sft_batch
-        self.value_ids = torch.tensor(sorted(value_ids or []), dtype=torch.long)
-        self.value_weight = value_weight
-        self.control_ids = torch.tensor(sorted(rollout.control_token_ids(self.processing_class).values()))
+        # The scheme's terms first, then the signal's: each draws its expert batch from the pool.
+        self.terms: list[LossTerm] = scheme.loss_terms(ctx) + signal.loss_terms(ctx)
+        self.phase_rng = random.Random(ctx.seed)
         self._phase = -1
         self._examples: list[list[Message]] = []
         self._sft_micro = 0  # micro-steps taken in SFT phases (TRL's own counter drives generation)
@@ -262,62 +207,57 @@ class ToolGRPOTrainer(GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         # TRL scales the GRPO loss of each micro-batch by 1/accumulation; each micro-batch draws
-        # its share of the extra terms' expert batch, weighted by that share.
+        # its share of each extra term's expert batch, weighted by that share.
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         accum = self.current_gradient_accumulation_steps
         m = self._step % accum  # TRL's micro-step counter, advanced after this call
-
-        def share(n: int) -> int:  # this micro-batch's part of an n-example batch
-            return n // accum + (m < n % accum)
-
-        if self.sync_weight > 0 and share(self.sync_batch):
-            assert self.pool is not None
-            k = share(self.sync_batch)
-            sft = weighted_nll(*self._forward(model, self.pool.sample(k)), self.value_ids, self.value_weight)
-            loss = loss + self.sync_weight * sft * k / self.sync_batch
-            self.extra["sync_sft_loss"] = sft.item()
-        if self.penalty is not None and share(self.penalty[2]):
-            assert self.pool is not None
-            coef, threshold, n = self.penalty
-            k = share(n)
-            pen = control_penalty(*self._forward(model, self.pool.sample(k)), self.control_ids, threshold)
-            loss = loss + coef * pen * k / n
-            self.extra["ctrl_penalty"] = pen.item()
+        for term in self.terms:
+            k = term.batch_size // accum + (m < term.batch_size % accum)  # this micro-batch's share
+            if not k:
+                continue
+            value = term.loss(*self._forward(model, self.ctx.pool.sample(k)))
+            loss = loss + term.weight * value * k / term.batch_size
+            self.extra[term.name] = value.item()
         return loss
+
+    def _phase_data(self) -> PhaseData:
+        need = self.args.sft_batch_size * self.args.sft_steps
+        return self.signal.phase_data(self.ctx, self.source.failures, self.source.rl_steps, need, self.phase_rng)
 
     def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[override]
         kind, index, within = self.plan.phase(self.state.global_step)
         if kind == "rl":
             return super().training_step(model, inputs, num_items_in_batch)
-        assert self.sft_data is not None
         if index != self._phase:
-            self._phase, self._examples = index, self.sft_data.build()
-            if self.sft_data.signal != "sft":
-                self.extra["sft/selected_tasks"] = float(len(self.sft_data.selected))
+            data = self._phase_data()
+            self._phase, self._examples = index, data.examples
+            if data.selected is not None:
+                self.extra["sft/selected_tasks"] = float(len(data.selected))
         self.extra["sft/examples"] = float(len(self._examples))
         model.train()
         if not self._examples:  # nothing failed: the phase leaves the model as it is
             return torch.zeros((), device=self.accelerator.device)
-        batch = self._examples[within * self.sft_batch : (within + 1) * self.sft_batch]
+        sft_batch, value_ids, value_weight = self.args.sft_batch_size, self.ctx.value_ids, self.args.value_weight
+        batch = self._examples[within * sft_batch : (within + 1) * sft_batch]
         accum = self.current_gradient_accumulation_steps
         part = -(-len(batch) // accum)
         m = self._sft_micro % accum
         self._sft_micro += 1
         if m == 0:
             labels = encode_examples(self.processing_class, batch)["labels"]
-            self._sft_norm = float(token_weights(labels, self.value_ids, self.value_weight).sum())
+            self._sft_norm = float(token_weights(labels, value_ids, value_weight).sum())
             self.extra["sft_loss"] = 0.0
         chunk = batch[m * part : (m + 1) * part]
         if not chunk:
             return torch.zeros((), device=self.accelerator.device)
-        loss = weighted_nll(*self._forward(model, chunk), self.value_ids, self.value_weight, self._sft_norm)
+        loss = weighted_nll(*self._forward(model, chunk), value_ids, value_weight, self._sft_norm)
         self.accelerator.backward(loss)
         # The scheduler resets the rate after this step's optimizer.step(): the SFT rate holds
         # for SFT steps only, with the same Adam moments.
         for g in self.optimizer.param_groups:
-            g["lr"] = self.sft_lr
+            g["lr"] = self.args.sft_learning_rate
         self.extra["sft_loss"] += loss.item()
-        self.extra["learning_rate"] = self.sft_lr  # Trainer logs the scheduler's (RL) rate
+        self.extra["learning_rate"] = self.args.sft_learning_rate  # Trainer logs the scheduler's (RL) rate
         return loss.detach()
 
 
@@ -357,37 +297,37 @@ def use_vllm(rl: RLConfig) -> bool:
     return torch.cuda.is_available() and installed
 
 
-def train(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    tasks: list[Task],
-    fmt: Format,
-    cfg: Config,
-    signal: str,
-    scheme: str,
-    learning_rate: float,
-    seed: int,
-    on_step: Callable[[dict[str, Any]], None],
-    value_ids: list[int],
-    judge: Callable[[Task, list[Message]], list[Message]] | None = None,
-    guard: TrainerCallback | None = None,
-) -> ToolGRPOTrainer:
-    """GRPO for one cell; `scheme` rl/sequential run RL only here (sequential's SFT came before).
-    Returns the trainer, whose optimizer state tests inspect."""
-    rl, sig = cfg.rl, cfg.signals
-    source = MultiTurnRollout(tasks, fmt, tokenizer, cfg.rollout, rl, signal_setup(cfg, signal, tokenizer), seed)
-    il = cfg.schemes.interleaved
-    plan = Plan(il.rl_phases, il.sft_steps) if scheme == "interleaved" else Plan([rl.steps])
-    pool = ExpertPool(tasks, fmt, seed)
-    sft_data = SFTPhaseData(signal, pool, source, sig.ets.window, sig.ets.rule, judge, cfg.sft.batch_size,
-                            il.sft_steps, seed) if scheme == "interleaved" else None
+def cell_context(cfg: Config, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format,
+                 seed: int) -> CellContext:
+    """What a cell's hooks share: its RL tasks, their expert pool (seeded by the cell), the token ids
+    the supervised losses weight and the control tokens."""
+    return CellContext(
+        cfg=cfg, tokenizer=tokenizer, fmt=fmt, tasks={t.id: t for t in tasks}, pool=ExpertPool(tasks, fmt, seed),
+        value_ids=torch.tensor(value_token_ids(tokenizer), dtype=torch.long),
+        control_ids=torch.tensor(sorted(rollout.control_token_ids(tokenizer).values())), seed=seed)
+
+
+def train(model: torch.nn.Module, ctx: CellContext, signal: Signal, scheme: Scheme, learning_rate: float,
+          on_step: Callable[[dict[str, Any]], None], guard: TrainerCallback | None = None) -> ToolGRPOTrainer:
+    """GRPO for one cell (a scheme's SFT before RL, if any, ran before this). Returns the trainer,
+    whose optimizer state tests inspect."""
+    cfg = ctx.cfg
+    rl = cfg.rl
+    signal.setup(ctx)
+    source = MultiTurnRollout(ctx, signal, cfg.rollout, rl)
+    plan = Plan(scheme.rl_phases(), scheme.sft_steps())
     extra: dict[str, float] = {}
     batch = rl.prompts_per_step * rl.num_generations
     micro = rl.micro_batch_size or batch
     with tempfile.TemporaryDirectory(prefix="toolrl-grpo-") as scratch:
-        args = GRPOConfig(
+        args = ToolGRPOConfig(
             output_dir=scratch,
             max_steps=plan.total,
+            rl_phases=scheme.rl_phases(),
+            sft_steps=scheme.sft_steps(),
+            sft_learning_rate=cfg.sft.learning_rate,
+            sft_batch_size=cfg.sft.batch_size,
+            value_weight=cfg.sft.value_weight,
             per_device_train_batch_size=micro,
             num_generations=rl.num_generations,
             # One optimizer step per RL step: the step's rollouts are generated at once and
@@ -405,28 +345,25 @@ def train(
             # there is nothing to correct the importance weights with.
             vllm_importance_sampling_correction=False,
             logging_steps=1,
-            **models.trainer_defaults(seed, cfg.model.gradient_checkpointing),
+            **models.trainer_defaults(ctx.seed, cfg.model.gradient_checkpointing),
         )
         trainer = ToolGRPOTrainer(
             model=model,
             reward_funcs=[success_reward],
             args=args,
-            train_dataset=Dataset.from_list([{"prompt": t.id} for t in tasks]),
-            processing_class=tokenizer,
-            rollout_func=source,
+            train_dataset=Dataset.from_list([{"prompt": t} for t in ctx.tasks]),
+            processing_class=ctx.tokenizer,
             callbacks=[StepLogger(plan, source, extra, on_step)] + ([guard] if guard is not None else []),
-            plan=plan,
+            ctx=ctx,
+            signal=signal,
+            scheme=scheme,
+            source=source,
             extra=extra,
-            pool=pool,
-            sync_weight=cfg.schemes.synchronous.sft_weight if scheme == "synchronous" else 0.0,
-            sync_batch=cfg.schemes.synchronous.batch_size,
-            penalty=(sig.ctrl.coef, sig.ctrl.threshold, sig.ctrl.batch_size)
-            if signal == "ctrl" and sig.ctrl.mode == "penalty" else None,
-            sft_data=sft_data,
-            sft_lr=cfg.sft.learning_rate,
-            sft_batch=cfg.sft.batch_size,
-            value_ids=value_ids,
-            value_weight=cfg.sft.value_weight,
         )
         trainer.train()
     return trainer
+
+
+def plugins_for(cfg: Config, signal: str, scheme: str) -> tuple[Signal, Scheme]:
+    """A cell's signal and scheme, instantiated from the registry."""
+    return signals()[signal](cfg), schemes()[scheme](cfg)
