@@ -44,7 +44,7 @@ SIGNALS, SCHEMES = list(plugins.signals()), list(plugins.schemes())
 from toolrl.config import grid as config_grid
 
 # The same stages, outputs and dependencies as workflow/rules/*.smk, with nothing else.
-BARE = '''\
+BARE = """\
 SWEEP = "results/{name}"
 CELL = "signal={{signal}}/scheme={{scheme}}/lr={{lr}}/seed={{seed}}"
 SPLITS = {splits!r}
@@ -125,7 +125,7 @@ rule aggregate:
         f"{{SWEEP}}/summary.json",
     shell:
         "touch {{output}}"
-'''
+"""
 
 
 def job_counts(out: str) -> dict[str, int]:
@@ -157,25 +157,41 @@ def main() -> None:
 
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     sweep = {
-        "name": "dag", "signals": list(SIGNALS), "schemes": list(SCHEMES),
-        "learning_rates": [float(f"{k + 1}e-4") for k in range(args.lrs)], "seeds": list(range(args.seeds)),
-        "exclude": [], "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-4},
+        "name": "dag",
+        "signals": list(SIGNALS),
+        "schemes": list(SCHEMES),
+        "learning_rates": [float(f"{k + 1}e-4") for k in range(args.lrs)],
+        "seeds": list(range(args.seeds)),
+        "exclude": [],
+        "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-4},
     }
     with tempfile.TemporaryDirectory(prefix="toolrl-dag-overhead-") as tmp:
         grid_yaml = Path(tmp) / "grid.yaml"
         grid_yaml.write_text(yaml.safe_dump({"sweep": sweep}))
         cells = config_grid(load(ROOT / "config.yaml", {"sweep": sweep}))
         bare = Path(tmp) / "Snakefile.bare"
-        bare.write_text(BARE.format(
-            name=sweep["name"], splits=list(SPLITS), signals=[c.signal for c in cells],
-            schemes=[c.scheme for c in cells], lrs=[format_lr(c.lr) for c in cells], seeds=[c.seed for c in cells]))
+        bare.write_text(
+            BARE.format(
+                name=sweep["name"],
+                splits=list(SPLITS),
+                signals=[c.signal for c in cells],
+                schemes=[c.scheme for c in cells],
+                lrs=[format_lr(c.lr) for c in cells],
+                seeds=[c.seed for c in cells],
+            )
+        )
 
         def cmd(side: str, work: str, *quiet: str) -> list[str]:
             base = [sys.executable, "-m", "snakemake", "--directory", work, "--cores", "2", "-n", "-q", *quiet]
             if side == "bare":
                 return base + ["--snakefile", str(bare)]
-            return base + ["--snakefile", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config.yaml"),
-                           str(grid_yaml)]
+            return base + [
+                "--snakefile",
+                str(ROOT / "Snakefile"),
+                "--configfile",
+                str(ROOT / "config.yaml"),
+                str(grid_yaml),
+            ]
 
         def workdir() -> str:
             return tempfile.mkdtemp(dir=tmp)
@@ -192,15 +208,19 @@ def main() -> None:
                 cpu[side].append(c)
 
     c = counts["ours"]
-    print(f"grid: {len(SIGNALS)} signals × {len(SCHEMES)} schemes (10 valid pairs) × {args.lrs} lrs × {args.seeds} seeds"
-          f" = {c['train']} cells")
+    print(
+        f"grid: {len(SIGNALS)} signals × {len(SCHEMES)} schemes (10 valid pairs) × {args.lrs} lrs × {args.seeds} seeds"
+        f" = {c['train']} cells"
+    )
     print(f"jobs: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in sorted(c.items()))}), the same on both sides")
     print(f"`snakemake -n -q`, {args.repeat} runs each, alternating, {os.cpu_count()} cores")
     print(f"{'side':<6} {'wall s':>7} {'min':>6} {'max':>6} {'CPU s':>7}  wall of each run")
     for side in ("bare", "ours"):
         w = wall[side]
-        print(f"{side:<6} {statistics.median(w):>7.2f} {min(w):>6.1f} {max(w):>6.1f} {statistics.median(cpu[side]):>7.2f}  "
-              + ", ".join(f"{t:.1f}" for t in w))
+        print(
+            f"{side:<6} {statistics.median(w):>7.2f} {min(w):>6.1f} {max(w):>6.1f} {statistics.median(cpu[side]):>7.2f}  "
+            + ", ".join(f"{t:.1f}" for t in w)
+        )
     ratio = statistics.median(wall["ours"]) / statistics.median(wall["bare"])
     cpu_ratio = statistics.median(cpu["ours"]) / statistics.median(cpu["bare"])
     print(f"ratio (ours / bare, median wall): {ratio:.2f}x (CPU: {cpu_ratio:.2f}x)")

@@ -40,12 +40,36 @@ def main() -> None:
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     with tempfile.TemporaryDirectory(prefix="toolrl-dag-") as tmp:
         cfg = Path(tmp) / "grid.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "results_dir": str(Path(tmp) / "results"),
-            "sweep": {"name": "dag", **GRID, "exclude": [], "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-3}},
-        }))
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
-               "--configfile", str(ROOT / "config.yaml"), str(cfg), "-n", "--quiet", "rules", "--cores", "2"]
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "results_dir": str(Path(tmp) / "results"),
+                    "sweep": {
+                        "name": "dag",
+                        **GRID,
+                        "exclude": [],
+                        "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-3},
+                    },
+                }
+            )
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(cfg),
+            "-n",
+            "--quiet",
+            "rules",
+            "--cores",
+            "2",
+        ]
         if args.slurm:
             cmd += ["--workflow-profile", str(ROOT / "profiles" / "slurm")]
         times = []
@@ -60,10 +84,15 @@ def main() -> None:
         counts = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", out, re.MULTILINE))
     grid = " × ".join(f"{len(v)} {k}" for k, v in GRID.items())
     print(f"grid: {grid} ({counts.get('train', '?')} valid cells)")
-    print(f"jobs: {total.group(1) if total else '?'} ({counts.get('train', '?')} train, {counts.get('evaluate', '?')} evaluate)")
-    print(f"snakemake -n{' --workflow-profile profiles/slurm' if args.slurm else ''}: "
-          + ", ".join(f"{t:.1f} s" for t in times) + (f" (min {min(times):.1f} s)" if len(times) > 1 else "")
-          + f" on {os.cpu_count()} cores")
+    print(
+        f"jobs: {total.group(1) if total else '?'} ({counts.get('train', '?')} train, {counts.get('evaluate', '?')} evaluate)"
+    )
+    print(
+        f"snakemake -n{' --workflow-profile profiles/slurm' if args.slurm else ''}: "
+        + ", ".join(f"{t:.1f} s" for t in times)
+        + (f" (min {min(times):.1f} s)" if len(times) > 1 else "")
+        + f" on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

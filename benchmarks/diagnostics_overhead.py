@@ -34,12 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolrl import config as configs  # noqa: E402
-from toolrl.core import diagnostics, episode  # noqa: E402
-from toolrl.training import grpo  # noqa: E402
-from toolrl.models import model as models  # noqa: E402
-from toolrl.envs.data import make_splits  # noqa: E402
-from toolrl.formats import get_format  # noqa: E402
+from toolrl import config as configs
+from toolrl.core import diagnostics, episode
+from toolrl.envs.data import make_splits
+from toolrl.formats import get_format
+from toolrl.models import model as models
+from toolrl.training import grpo
 
 SECONDS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
@@ -97,8 +97,10 @@ def main() -> None:
     # log row back, so the diagnostics are compared with what the steps cost together.
     total = sum(step_times)
     diag = sum(SECONDS.values())
-    print(f"{args.steps} GRPO steps of signal={args.signal}, {cfg.rl.prompts_per_step} prompts × "
-          f"{cfg.rl.num_generations}, model {args.model}, {args.threads} torch thread(s)")
+    print(
+        f"{args.steps} GRPO steps of signal={args.signal}, {cfg.rl.prompts_per_step} prompts × "
+        f"{cfg.rl.num_generations}, model {args.model}, {args.threads} torch thread(s)"
+    )
     print(f"{'diagnostic':<28} {'calls':>8} {'seconds':>9} {'share':>7}")
     for label in SECONDS:
         print(f"{label:<28} {CALLS[label]:>8} {SECONDS[label]:>9.3f} {SECONDS[label] / total:>7.2%}")

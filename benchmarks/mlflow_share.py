@@ -67,6 +67,7 @@ def child_job(argv: list[str], out: Path) -> None:
                 spent["depth"] -= 1
                 if spent["depth"] == 0:
                     spent["seconds"] += time.perf_counter() - t0
+
         return wrapper
 
     for name in ("__init__", "log_metrics", "flush", "log_artifact", "__exit__"):
@@ -91,8 +92,14 @@ def child_writer(a: argparse.Namespace) -> None:
     import_s = time.perf_counter() - t0
     cfg = load(a.config)
     cell = Cell(a.signal, a.scheme, a.lr, a.seed)
-    params = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme, "lr": cell.lr,
-              "seed": cell.seed, **sections(cfg, *cell_sections(cell.signal, cell.scheme))}
+    params = {
+        "config_hash": config_hash(cfg),
+        "signal": cell.signal,
+        "scheme": cell.scheme,
+        "lr": cell.lr,
+        "seed": cell.seed,
+        **sections(cfg, *cell_sections(cell.signal, cell.scheme)),
+    }
     tags = {"sweep": cfg.sweep.name, "stage": "train", "cell": cell.path}
     rows = [json.loads(line) for line in Path(a.rows).read_text().splitlines()]
     exp = tracking.read_experiment(Path(a.experiment))
@@ -128,8 +135,9 @@ def child_writer(a: argparse.Namespace) -> None:
             for key, value in evaluation.items():
                 client.log_metric(run.run_id, key, value, step=0, synchronous=True)
     log_s, log_cpu = time.perf_counter() - t0, time.process_time() - c0
-    Path(a.out).write_text(json.dumps({"import_s": import_s, "open_s": open_s, "log_s": log_s,
-                                       "cpu_s": open_cpu + log_cpu}))
+    Path(a.out).write_text(
+        json.dumps({"import_s": import_s, "open_s": open_s, "log_s": log_s, "cpu_s": open_cpu + log_cpu})
+    )
 
 
 def writers(n: int, mode: str, work: Path, common: list[str], env: dict[str, str]) -> list[dict[str, float]]:
@@ -141,9 +149,25 @@ def writers(n: int, mode: str, work: Path, common: list[str], env: dict[str, str
     for seed in seeds:
         out = work / f"writer-{seed}.json"
         outs.append(out)
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--child-writer", "--mode", mode, "--seed", str(seed),
-             "--barrier", str(barrier), "--out", str(out), *common], env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child-writer",
+                    "--mode",
+                    mode,
+                    "--seed",
+                    str(seed),
+                    "--barrier",
+                    str(barrier),
+                    "--out",
+                    str(out),
+                    *common,
+                ],
+                env=env,
+            )
+        )
     for phase in PHASES:
         while sum(Path(f"{barrier}.{phase}.ready.{seed}").exists() for seed in seeds) < n:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -160,10 +184,16 @@ def main() -> None:
     ap.add_argument("--base", default=str(ROOT / "results/default/base/model"), help="the warm-up checkpoint")
     ap.add_argument("--data", default=str(ROOT / "results/default/data"), help="the sweep's task splits")
     ap.add_argument("--cell", default="none/rl/1e-3/0", help="signal/scheme/lr/seed of the real job")
-    ap.add_argument("--writers", type=int, nargs="+", default=[1, 2, 8], help="concurrent writer counts (2: a sweep on 2 cores)")
-    ap.add_argument("--job-seconds", type=float, default=None,
-                    help="a train job's measured wall time: skip the real job (its rows are then the "
-                         "default config's step count × the key count of --rows)")
+    ap.add_argument(
+        "--writers", type=int, nargs="+", default=[1, 2, 8], help="concurrent writer counts (2: a sweep on 2 cores)"
+    )
+    ap.add_argument(
+        "--job-seconds",
+        type=float,
+        default=None,
+        help="a train job's measured wall time: skip the real job (its rows are then the "
+        "default config's step count × the key count of --rows)",
+    )
     ap.add_argument("--rows", default=None, help="a train_log.jsonl to replay (with --job-seconds)")
     ap.add_argument("--log-models", action="store_true", help="log the model as run artifacts (mlflow.log_models)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the real job")
@@ -186,28 +216,59 @@ def main() -> None:
 
     signal, scheme, lr, seed = args.cell.split("/")
     cell = Cell(signal, scheme, float(lr), int(seed))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
     with tempfile.TemporaryDirectory(prefix="toolrl-mlflow-share-") as tmp:
         work = Path(tmp)
-        overrides: dict[str, Any] = {"results_dir": str(work / "results"), "sweep": {"name": "share"},
-                                     "mlflow": {"log_models": args.log_models}}
+        overrides: dict[str, Any] = {
+            "results_dir": str(work / "results"),
+            "sweep": {"name": "share"},
+            "mlflow": {"log_models": args.log_models},
+        }
         cfg = load(ROOT / "config.yaml", overrides)
         config = work / "config.yaml"
         config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         experiment = work / "experiment.json"
-        tracking.init_store(tracking.default_tracking_uri(cfg.sweep_dir), "toolrl-share",
-                            cfg.sweep_dir / "mlruns", experiment)
+        tracking.init_store(
+            tracking.default_tracking_uri(cfg.sweep_dir), "toolrl-share", cfg.sweep_dir / "mlruns", experiment
+        )
 
         if args.job_seconds is None:
             out = work / "runs" / cell.path
             timings = work / "job.json"
-            argv = ["--config", str(config), "--data", args.data, "--base", args.base, "--experiment", str(experiment),
-                    "--out", str(out), "--signal", cell.signal, "--scheme", cell.scheme, "--lr", lr,
-                    "--seed", str(cell.seed), "--threads", str(args.threads)]
+            argv = [
+                "--config",
+                str(config),
+                "--data",
+                args.data,
+                "--base",
+                args.base,
+                "--experiment",
+                str(experiment),
+                "--out",
+                str(out),
+                "--signal",
+                cell.signal,
+                "--scheme",
+                cell.scheme,
+                "--lr",
+                lr,
+                "--seed",
+                str(cell.seed),
+                "--threads",
+                str(args.threads),
+            ]
             t0 = time.perf_counter()
-            p = subprocess.run([sys.executable, __file__, "--child-job", str(timings), *argv], env=env,
-                               capture_output=True, text=True, check=False)
+            p = subprocess.run(
+                [sys.executable, __file__, "--child-job", str(timings), *argv],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             job_s = time.perf_counter() - t0
             if p.returncode != 0 or json.loads(timings.read_text())["rc"] != 0:
                 sys.exit(f"the train job failed:\n{p.stderr[-3000:]}")
@@ -220,40 +281,65 @@ def main() -> None:
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
         values = sum(len([k for k in r if k not in ("step", "phase")]) for r in rows)
 
-        common = ["--config", str(config), "--experiment", str(experiment), "--rows", str(rows_file),
-                  "--signal", cell.signal, "--scheme", cell.scheme, "--lr", lr]
+        common = [
+            "--config",
+            str(config),
+            "--experiment",
+            str(experiment),
+            "--rows",
+            str(rows_file),
+            "--signal",
+            cell.signal,
+            "--scheme",
+            cell.scheme,
+            "--lr",
+            lr,
+        ]
         if args.log_models:
             common += ["--artifact", args.base]
-        results = {(n, mode): writers(n, mode, work, common, env) for n in args.writers
-                   for mode in ("batched", "per-value")}
+        results = {
+            (n, mode): writers(n, mode, work, common, env) for n in args.writers for mode in ("batched", "per-value")
+        }
 
-    print(f"job: train {cell.path}, default config.yaml, {args.threads} thread(s), {os.cpu_count()} cores: "
-          f"{job_s:.1f} s wall" + ("" if args.job_seconds is None else " (given)"))
+    print(
+        f"job: train {cell.path}, default config.yaml, {args.threads} thread(s), {os.cpu_count()} cores: "
+        f"{job_s:.1f} s wall" + ("" if args.job_seconds is None else " (given)")
+    )
     if job_mlflow_s is not None:
         print(f"     of which in RunLogger calls: {job_mlflow_s:.2f} s = {100 * job_mlflow_s / job_s:.2f}%")
-    print(f"volume per cell: {len(rows)} train-log rows, {values} metric values (+ {SPLITS_METRICS} evaluation "
-          f"values, resumed by the aggregate job){', the model as artifacts' if args.log_models else ''}")
+    print(
+        f"volume per cell: {len(rows)} train-log rows, {values} metric values (+ {SPLITS_METRICS} evaluation "
+        f"values, resumed by the aggregate job){', the model as artifacts' if args.log_models else ''}"
+    )
     imports = [r["import_s"] for rs in results.values() for r in rs]
-    print(f"mlflow import per process (paid by trl in every train job anyway, not counted): "
-          f"median {statistics.median(imports):.1f} s")
+    print(
+        f"mlflow import per process (paid by trl in every train job anyway, not counted): "
+        f"median {statistics.median(imports):.1f} s"
+    )
     print()
-    print(f"{'writers':>7} {'mode':<10} {'open s':>7} {'log s':>7} {'MLflow s':>9} {'max':>6} {'CPU s':>6} "
-          f"{'job s':>6} {'share %':>8} {'max %':>6}")
+    print(
+        f"{'writers':>7} {'mode':<10} {'open s':>7} {'log s':>7} {'MLflow s':>9} {'max':>6} {'CPU s':>6} "
+        f"{'job s':>6} {'share %':>8} {'max %':>6}"
+    )
     for (n, mode), rs in results.items():
         total = [r["open_s"] + r["log_s"] for r in rs]
-        print(f"{n:>7} {mode:<10} {statistics.median(r['open_s'] for r in rs):>7.2f} "
-              f"{statistics.median(r['log_s'] for r in rs):>7.2f} {statistics.median(total):>9.2f} {max(total):>6.2f} "
-              f"{statistics.median(r['cpu_s'] for r in rs):>6.2f} {job_s:>6.1f} "
-              f"{100 * statistics.median(total) / job_s:>8.2f} {100 * max(total) / job_s:>6.2f}")
+        print(
+            f"{n:>7} {mode:<10} {statistics.median(r['open_s'] for r in rs):>7.2f} "
+            f"{statistics.median(r['log_s'] for r in rs):>7.2f} {statistics.median(total):>9.2f} {max(total):>6.2f} "
+            f"{statistics.median(r['cpu_s'] for r in rs):>6.2f} {job_s:>6.1f} "
+            f"{100 * statistics.median(total) / job_s:>8.2f} {100 * max(total) / job_s:>6.2f}"
+        )
     print("(medians over the writers; MLflow s = open + log, wall; CPU s = the writer's own CPU time in both)")
     n = max(args.writers)
 
     def median(mode: str, key: str) -> float:
         return statistics.median(sum(r[k] for k in key.split("+")) for r in results[n, mode])
 
-    print(f"ratio (per-value / batched MLflow seconds, {n} writers): "
-          f"{median('per-value', 'open_s+log_s') / median('batched', 'open_s+log_s'):.1f}x "
-          f"(logging alone: {median('per-value', 'log_s') / median('batched', 'log_s'):.1f}x)")
+    print(
+        f"ratio (per-value / batched MLflow seconds, {n} writers): "
+        f"{median('per-value', 'open_s+log_s') / median('batched', 'open_s+log_s'):.1f}x "
+        f"(logging alone: {median('per-value', 'log_s') / median('batched', 'log_s'):.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -65,21 +65,55 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # toolrl from this checkout, installed or not (a bare GPU machine)
 
-from toolrl import config as configs  # noqa: E402
-from toolrl.models import model as models  # noqa: E402
-from toolrl.core import rollout  # noqa: E402
-from toolrl.training import warmup  # noqa: E402
-from toolrl.envs.data import make_splits  # noqa: E402
-from toolrl.envs.base import Task  # noqa: E402
-from toolrl.formats import Format, get_format  # noqa: E402
+from toolrl import config as configs
+from toolrl.core import rollout
+from toolrl.envs.base import Task
+from toolrl.envs.data import make_splits
+from toolrl.formats import Format, get_format
+from toolrl.models import model as models
+from toolrl.training import warmup
 
 HEAVY = ("trl", "mlflow", "datasets", "snakemake")
 # Sampled message lengths (tokens, <|im_end|> included) → count, measured on the warm-up checkpoint
 # `results/default/base/model` of config.yaml: rl tasks 0–11 × 8 rollouts, temperature 1, 438
 # messages, 4.6 per episode. Three modes: answers (~3), one call (22–28), two calls (50–56).
-MESSAGE_LENGTHS = {2: 2, 3: 167, 4: 24, 5: 4, 6: 2, 7: 1, 8: 4, 9: 2, 10: 3, 11: 3, 12: 2, 13: 3, 14: 4, 15: 5,
-                   16: 1, 17: 5, 18: 1, 19: 10, 22: 35, 24: 3, 25: 2, 26: 15, 28: 64, 31: 1, 32: 1, 33: 1, 36: 1,
-                   44: 4, 45: 1, 48: 2, 50: 32, 54: 6, 55: 1, 56: 24, 64: 2}
+MESSAGE_LENGTHS = {
+    2: 2,
+    3: 167,
+    4: 24,
+    5: 4,
+    6: 2,
+    7: 1,
+    8: 4,
+    9: 2,
+    10: 3,
+    11: 3,
+    12: 2,
+    13: 3,
+    14: 4,
+    15: 5,
+    16: 1,
+    17: 5,
+    18: 1,
+    19: 10,
+    22: 35,
+    24: 3,
+    25: 2,
+    26: 15,
+    28: 64,
+    31: 1,
+    32: 1,
+    33: 1,
+    36: 1,
+    44: 4,
+    45: 1,
+    48: 2,
+    50: 32,
+    54: 6,
+    55: 1,
+    56: 24,
+    64: 2,
+}
 CALL_MIN = 8  # in the checkpoint's samples, messages this long are calls and shorter ones answers
 
 
@@ -120,8 +154,9 @@ class LengthShaper(transformers.LogitsProcessor):
         only = torch.full_like(scores, -math.inf)
         if self.target is None:  # step 0: pick each row's kind and length, open calls with <tool_call>
             answer = (input_ids[:, -8:] == self.response_end).any(dim=1)
-            self.target = torch.where(answer, _draw(True, answer.shape[0], scores.device),
-                                      _draw(False, answer.shape[0], scores.device))
+            self.target = torch.where(
+                answer, _draw(True, answer.shape[0], scores.device), _draw(False, answer.shape[0], scores.device)
+            )
             forced = only.clone()
             forced[:, self.call] = 0.0
             out = torch.where(answer[:, None], out, forced)
@@ -133,8 +168,9 @@ def _draw(answers: bool, n: int, device: torch.device) -> torch.Tensor:
     """`n` message lengths from the answer (< CALL_MIN tokens) or the call part of MESSAGE_LENGTHS."""
     part = {k: v for k, v in MESSAGE_LENGTHS.items() if (k < CALL_MIN) == answers}
     lengths = torch.tensor(list(part), device=device)
-    return lengths[torch.multinomial(torch.tensor(list(part.values()), dtype=torch.float, device=device), n,
-                                     replacement=True)]
+    return lengths[
+        torch.multinomial(torch.tensor(list(part.values()), dtype=torch.float, device=device), n, replacement=True)
+    ]
 
 
 class Timed:
@@ -166,8 +202,17 @@ class Timed:
         self.seconds, self.calls = 0.0, 0
 
 
-def run_side(batched: bool, model: torch.nn.Module, tokenizer: Any, tasks: list[Task], fmt: Format,
-             cfg: configs.RolloutConfig, seed: int, timer: Timed, engine: ModuleType = rollout) -> Side:
+def run_side(
+    batched: bool,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: list[Task],
+    fmt: Format,
+    cfg: configs.RolloutConfig,
+    seed: int,
+    timer: Timed,
+    engine: ModuleType = rollout,
+) -> Side:
     """All episodes in one `engine.run` (batched) or one `engine.run` per episode (baseline)."""
     timer.reset()
     torch.manual_seed(seed)
@@ -176,21 +221,27 @@ def run_side(batched: bool, model: torch.nn.Module, tokenizer: Any, tasks: list[
     if batched:
         rollouts = engine.run(model, tokenizer, tasks, fmt, cfg, sample=True, temperature=1.0)
     else:
-        rollouts = [r for t in tasks for r in engine.run(model, tokenizer, [t], fmt, cfg, sample=True,
-                                                         temperature=1.0)]
+        rollouts = [r for t in tasks for r in engine.run(model, tokenizer, [t], fmt, cfg, sample=True, temperature=1.0)]
     timer.sync()
     wall = time.perf_counter() - t0
-    return Side(wall, timer.seconds, timer.calls, sum(sum(r.env_mask) for r in rollouts),
-                sum(len(r.episode.states) for r in rollouts), len(rollouts),
-                sum(r.episode.truncated for r in rollouts))
+    return Side(
+        wall,
+        timer.seconds,
+        timer.calls,
+        sum(sum(r.env_mask) for r in rollouts),
+        sum(len(r.episode.states) for r in rollouts),
+        len(rollouts),
+        sum(r.episode.truncated for r in rollouts),
+    )
 
 
 def engine_at(rev: str, folder: Path) -> ModuleType:
     """`toolrl/core/rollout.py` as it was at git revision `rev`, imported beside today's from a copy in
     `folder` (it must still run against today's other modules: true back to the batched engine's
     first version)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:toolrl/core/rollout.py"], capture_output=True,
-                            text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:toolrl/core/rollout.py"], capture_output=True, text=True, check=True
+    ).stdout
     path = folder / "rollout_at_rev.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("rollout_at_rev", path)
@@ -219,17 +270,29 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (rl.num_generations)")
     ap.add_argument("--prompts", type=int, default=4, help="tasks per step (rl.prompts_per_step)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the median ratio is reported")
-    ap.add_argument("--model", default=None, help="checkpoint dir for toolrl.models.model.load (default: the tiny model, "
-                                                  "built untrained in-process)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint dir for toolrl.models.model.load (default: the tiny model, built untrained in-process)",
+    )
     ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="world, rollout budgets, tiny model")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default). 1 by default: the tiny model gains little "
-                         "from more, and two threads fighting another job over 2 cores ran 70x slower")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="model dtype on cuda (cpu: always float32)")
-    ap.add_argument("--against", metavar="REV", default=None,
-                    help="baseline: the batched engine of git revision REV instead of one episode at a time "
-                         "(what a change to toolrl/core/rollout.py gained)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 by default: the tiny model gains little "
+        "from more, and two threads fighting another job over 2 cores ran 70x slower",
+    )
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="model dtype on cuda (cpu: always float32)"
+    )
+    ap.add_argument(
+        "--against",
+        metavar="REV",
+        default=None,
+        help="baseline: the batched engine of git revision REV instead of one episode at a time "
+        "(what a change to toolrl/core/rollout.py gained)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -246,8 +309,11 @@ def main() -> None:
     if args.model is None:
         rng = random.Random(f"{cfg.world.seed}:warmup-sft:{args.seed}")  # the warm-up's own
         model, tokenizer = warmup.build_tiny(cfg, warmup.trajectory_source(cfg, splits["warmup"], rng), rng, args.seed)
-        shape = (tokenizer.convert_tokens_to_ids(models.EOS), tokenizer.convert_tokens_to_ids("<tool_call>"),
-                 tokenizer.convert_tokens_to_ids("</tool_response>"))
+        shape = (
+            tokenizer.convert_tokens_to_ids(models.EOS),
+            tokenizer.convert_tokens_to_ids("<tool_call>"),
+            tokenizer.convert_tokens_to_ids("</tool_response>"),
+        )
         source = f"tiny default, untrained, message lengths shaped ({models.n_params(model) / 1e6:.2f} M params)"
     else:
         model, tokenizer = models.load(args.model, cfg.model.enable_thinking)
@@ -258,14 +324,18 @@ def main() -> None:
     tasks = [t for t in splits["rl"][: args.prompts] for _ in range(args.group_size)]
     timer = Timed(model, sync, shape)
 
-    print(f"device: {device_name(device)} ({device.type}, {str(dtype).removeprefix('torch.')}, "
-          f"{torch.get_num_threads()} torch threads) | torch {torch.__version__} | "
-          f"transformers {transformers.__version__} | python {platform.python_version()}")
+    print(
+        f"device: {device_name(device)} ({device.type}, {str(dtype).removeprefix('torch.')}, "
+        f"{torch.get_num_threads()} torch threads) | torch {torch.__version__} | "
+        f"transformers {transformers.__version__} | python {platform.python_version()}"
+    )
     print(f"model: {source}")
     r = cfg.rollout
-    print(f"{args.prompts} prompts × group {args.group_size} = {len(tasks)} episodes per step; "
-          f"max_new_tokens {r.max_new_tokens}, max_total_tokens {r.max_total_tokens}, "
-          f"max_messages {r.max_messages}; temperature 1.0; {args.repeats} repeats")
+    print(
+        f"{args.prompts} prompts × group {args.group_size} = {len(tasks)} episodes per step; "
+        f"max_new_tokens {r.max_new_tokens}, max_total_tokens {r.max_total_tokens}, "
+        f"max_messages {r.max_messages}; temperature 1.0; {args.repeats} repeats"
+    )
 
     # The baseline: one episode at a time through this engine, or every episode through REV's.
     baseline = f"at {args.against}" if args.against else "per-episode"
@@ -276,25 +346,47 @@ def main() -> None:
 
     # Warm-up (kernels, allocator, the tokenizer's caches): one group on each side.
     run_side(True, model, tokenizer, tasks[: args.group_size], fmt, r, args.seed + 10_000, timer)
-    run_side(base_batched, model, tokenizer, tasks[: args.group_size if base_batched else 1], fmt, r,
-             args.seed + 10_000, timer, base_engine)
+    run_side(
+        base_batched,
+        model,
+        tokenizer,
+        tasks[: args.group_size if base_batched else 1],
+        fmt,
+        r,
+        args.seed + 10_000,
+        timer,
+        base_engine,
+    )
 
     results: dict[str, list[Side]] = {"batched": [], baseline: []}
     for i in range(args.repeats):
-        for ours in ([True, False] if i % 2 == 0 else [False, True]):
-            side = run_side(True if ours else base_batched, model, tokenizer, tasks, fmt, r, args.seed + i, timer,
-                            rollout if ours else base_engine)
+        for ours in [True, False] if i % 2 == 0 else [False, True]:
+            side = run_side(
+                True if ours else base_batched,
+                model,
+                tokenizer,
+                tasks,
+                fmt,
+                r,
+                args.seed + i,
+                timer,
+                rollout if ours else base_engine,
+            )
             results["batched" if ours else baseline].append(side)
     ratios = [b.tokens_per_s / p.tokens_per_s for b, p in zip(results["batched"], results[baseline])]
 
     print()
-    print(f"{'side':<16} {'tokens/s':>9} {'wall s':>8} {'gen s':>8} {'tokens':>7} {'generate':>9} "
-          f"{'msgs/ep':>8} {'tok/msg':>8} {'trunc':>6}")
+    print(
+        f"{'side':<16} {'tokens/s':>9} {'wall s':>8} {'gen s':>8} {'tokens':>7} {'generate':>9} "
+        f"{'msgs/ep':>8} {'tok/msg':>8} {'trunc':>6}"
+    )
     for name, sides in results.items():
         med = sorted(sides, key=lambda s: s.tokens_per_s)[len(sides) // 2]  # the median repeat
-        print(f"{name:<16} {med.tokens_per_s:>9.1f} {med.wall_s:>8.2f} {med.gen_s:>8.2f} {med.tokens:>7d} "
-              f"{med.calls:>9d} {med.messages / med.episodes:>8.2f} {med.tokens / med.messages:>8.1f} "
-              f"{med.truncated:>6d}")
+        print(
+            f"{name:<16} {med.tokens_per_s:>9.1f} {med.wall_s:>8.2f} {med.gen_s:>8.2f} {med.tokens:>7d} "
+            f"{med.calls:>9d} {med.messages / med.episodes:>8.2f} {med.tokens / med.messages:>8.1f} "
+            f"{med.truncated:>6d}"
+        )
     print("(the median repeat of each side; generate = model.generate calls; trunc = episodes cut by a budget)")
     print(f"per-repeat ratios: {', '.join(f'{x:.2f}' for x in ratios)}")
     print(f"ratio (batched / {baseline}): {statistics.median(ratios):.2f}×")

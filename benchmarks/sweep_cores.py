@@ -29,8 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def snakemake(work: Path, configfiles: list[str], *args: str) -> float:
     """Run the workflow in `work`; its wall seconds (exits with Snakemake's output on failure)."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--configfile", str(ROOT / "config.yaml"), *configfiles, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        *configfiles,
+        *args,
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - t0
@@ -60,8 +71,10 @@ def main() -> None:
             shutil.copytree(base, work, symlinks=True)  # copy2: modification times kept
             times[cores] = snakemake(work, configfiles, "--cores", cores)
             shutil.rmtree(work)
-    print(f"sweep '{name}' ({', '.join(Path(c).name for c in configfiles) or 'config.yaml'}); "
-          f"warm-up (run once, --cores 2): {warm:.0f} s")
+    print(
+        f"sweep '{name}' ({', '.join(Path(c).name for c in configfiles) or 'config.yaml'}); "
+        f"warm-up (run once, --cores 2): {warm:.0f} s"
+    )
     for cores, seconds in times.items():
         print(f"rest of the DAG with --cores {cores}: {seconds:8.1f} s")
     print(f"ratio (--cores 1 / --cores 2): {times['1'] / times['2']:.2f}×")
@@ -72,8 +85,11 @@ def _merged(configfiles: list[str]) -> dict:
     import yaml
     from omegaconf import OmegaConf
 
-    merged = OmegaConf.merge(*[OmegaConf.create(yaml.safe_load(Path(c).read_text()) or {}) for c in configfiles]) \
-        if configfiles else OmegaConf.create({})
+    merged = (
+        OmegaConf.merge(*[OmegaConf.create(yaml.safe_load(Path(c).read_text()) or {}) for c in configfiles])
+        if configfiles
+        else OmegaConf.create({})
+    )
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 

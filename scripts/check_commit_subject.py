@@ -29,8 +29,11 @@ def main(argv: list[str]) -> int:
     first = subject(Path(argv[1]).read_text(encoding="utf-8", errors="replace"))
     if len(first) <= LIMIT or first.startswith(GENERATED):
         return 0
-    print(f"commit subject is {len(first)} characters, over {LIMIT}:\n  {first}\n  {' ' * LIMIT}^ cut here;"
-          " the details go in the body, after a blank line", file=sys.stderr)
+    print(
+        f"commit subject is {len(first)} characters, over {LIMIT}:\n  {first}\n  {' ' * LIMIT}^ cut here;"
+        " the details go in the body, after a blank line",
+        file=sys.stderr,
+    )
     return 1
 
 

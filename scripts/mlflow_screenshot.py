@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-height", type=int, default=600)
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the page has rendered")
     ap.add_argument("--params", default="lr,scheme,seed,signal", help="params on the plot's axes (comma-separated)")
-    ap.add_argument("--metrics", default="id/success,format_ood/success,content_ood/success",
-                    help="metrics on the plot's axes (comma-separated)")
+    ap.add_argument(
+        "--metrics",
+        default="id/success,format_ood/success,content_ood/success",
+        help="metrics on the plot's axes (comma-separated)",
+    )
     args = ap.parse_args(argv)
 
     if args.sweep is not None:
@@ -136,20 +139,42 @@ def main(argv: list[str] | None = None) -> int:
     else:
         experiment, uri = args.experiment, args.url
 
-    with (local_server(uri) if not is_server_uri(uri) else _as_is(uri)) as url:
+    with local_server(uri) if not is_server_uri(uri) else _as_is(uri) as url:
         experiment_id, run_ids = find_runs(url, experiment, args.filter)
         params = [k for k in args.params.split(",") if k]
         metrics = [k for k in args.metrics.split(",") if k]
-        shoot([(compare_url(url, experiment_id, run_ids), args.out, f"Comparing {len(run_ids)} Runs",
-                lambda page: _pick_axes(page, params, metrics))],
-              args.chromium, args.width, args.height, args.settle)
+        shoot(
+            [
+                (
+                    compare_url(url, experiment_id, run_ids),
+                    args.out,
+                    f"Comparing {len(run_ids)} Runs",
+                    lambda page: _pick_axes(page, params, metrics),
+                )
+            ],
+            args.chromium,
+            args.width,
+            args.height,
+            args.settle,
+        )
         if args.runs_out:
             # The runs table, searched as in the UI's search box, with the cell and the splits'
             # success as columns instead of the dataset, source and model columns.
             runs = f"{url}/#/experiments/{experiment_id}/runs?searchFilter={quote(args.filter)}"
-            shoot([(runs, args.runs_out, "Run Name",
-                    lambda page: _pick_columns(page, ["Dataset", "Source", "Models", *params, *metrics]))],
-                  args.chromium, args.width, args.runs_height, args.settle)
+            shoot(
+                [
+                    (
+                        runs,
+                        args.runs_out,
+                        "Run Name",
+                        lambda page: _pick_columns(page, ["Dataset", "Source", "Models", *params, *metrics]),
+                    )
+                ],
+                args.chromium,
+                args.width,
+                args.runs_height,
+                args.settle,
+            )
     return 0
 
 

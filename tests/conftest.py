@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from toolrl.config import WorldConfig
+from toolrl.core.episode import expert_messages
 from toolrl.envs.data import echo_messages, make_splits
 from toolrl.envs.synthetic import VALUE_TOKENS
-from toolrl.core.episode import expert_messages
 from toolrl.formats import get_format
 
 
@@ -33,7 +33,9 @@ def tokenizer(splits):
     rng = random.Random(0)
     fmts = [get_format("json"), get_format("python")]
     corpus = [
-        "\n".join(m["role"] + "\n" + m["content"] for m in expert_messages(rng.choice(splits["warmup"]), rng.choice(fmts)))
+        "\n".join(
+            m["role"] + "\n" + m["content"] for m in expert_messages(rng.choice(splits["warmup"]), rng.choice(fmts))
+        )
         for _ in range(400)
     ] + [m["content"] for _ in range(100) for m in echo_messages(rng)]
     return build_tokenizer(corpus, VALUE_TOKENS)
@@ -46,14 +48,31 @@ SNAKEMAKE_ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.path
 
 def snakemake_command(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores", "2")) -> list[str]:
     """The command line of the workflow over `config.yaml` + `configfiles`, in the folder `work`."""
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-            "--configfile", str(ROOT / "config.yaml"), *map(str, configfiles), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        *map(str, configfiles),
+        *args,
+    ]
 
 
 def snakemake(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores", "2")) -> subprocess.CompletedProcess:
     """The workflow over `config.yaml` + `configfiles`, in the folder `work`."""
-    return subprocess.run(snakemake_command(work, *configfiles, args=args), check=False, capture_output=True,
-                          text=True, env=SNAKEMAKE_ENV, timeout=1500)
+    return subprocess.run(
+        snakemake_command(work, *configfiles, args=args),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=SNAKEMAKE_ENV,
+        timeout=1500,
+    )
 
 
 def run_sweep(work: Path, *configfiles: Path, sweep: str) -> tuple[Path, str]:

@@ -14,25 +14,25 @@ from typing import Any, ClassVar
 import pytest
 
 from toolrl.config import ACEBenchConfig, JudgeConfig
+from toolrl.core.episode import Episode
 from toolrl.envs import make_env
 from toolrl.envs.acebench import (
     FINISH,
     GREETING,
     ACEBenchEnv,
     load_tasks,
-    merged_ground_truth,
     make_user,
+    merged_ground_truth,
     scenario_class,
 )
 from toolrl.envs.base import Call, Task
-from toolrl.core.episode import Episode
 from toolrl.formats import get_format
 
 FMT = get_format("json")
 
 # --- the fixture checkout ---------------------------------------------------------------------
 
-BASE_API = '''
+BASE_API = """
 class BaseApi:
     def __init__(self):
         self.wifi = False
@@ -49,11 +49,11 @@ class BaseApi:
     def login_device(self):
         self.logged_in = True
         return {"status": True, "message": "Logged in"}
-'''
+"""
 
 # Imports its base by package path, as ACEBench's files do; keeps class-level mutable data that
 # `__init__` aliases (inbox) and that a method mutates through self (sent_log).
-MESSAGE = '''
+MESSAGE = """
 from model_inference.multi_turn.scenariosen.phone_platform.base_api import BaseApi
 
 USERS = {"Eve": "USR100", "Frank": "USR101", "Grace": "USR102"}
@@ -98,9 +98,9 @@ class MessageApi(BaseApi):
 
     def explode(self):
         raise RuntimeError("the phone caught fire")
-'''
+"""
 
-REMINDER = '''
+REMINDER = """
 from model_inference.multi_turn.scenariosen.phone_platform.base_api import BaseApi
 
 
@@ -119,31 +119,47 @@ class ReminderApi(BaseApi):
         self.reminder_list[self.next_id] = {"title": title, "description": description, "time": time}
         self.next_id += 1
         return {"status": True, "message": "added " + title}
-'''
+"""
 
 
 def _doc(name: str, **params: str) -> dict[str, Any]:
-    return {"name": name, "description": f"{name} (test)",
-            "parameters": {"type": "dict", "required": list(params),
-                           "properties": {p: {"type": t, "description": p} for p, t in params.items()}}}
+    return {
+        "name": name,
+        "description": f"{name} (test)",
+        "parameters": {
+            "type": "dict",
+            "required": list(params),
+            "properties": {p: {"type": t, "description": p} for p, t in params.items()},
+        },
+    }
 
 
 DOCS = [
-    _doc("turn_on_wifi"), _doc("login_device"),
+    _doc("turn_on_wifi"),
+    _doc("login_device"),
     _doc("send_message", sender_name="string", receiver_name="string", message="string"),
-    _doc("delete_message", message_id="integer"), _doc("explode"),
+    _doc("delete_message", message_id="integer"),
+    _doc("explode"),
     _doc("add_reminder", title="string", description="string", time="string"),
     _doc("check_balance", user_name="string"),  # documented, but no class of the fixture has it
 ]
-INBOX = {"1": {"sender_id": "USR100", "receiver_id": "USR101", "message": "Lunch?"},
-         "2": {"sender_id": "USR101", "receiver_id": "USR100", "message": "Sure."}}
+INBOX = {
+    "1": {"sender_id": "USR100", "receiver_id": "USR101", "message": "Lunch?"},
+    "2": {"sender_id": "USR101", "receiver_id": "USR100", "message": "Sure."},
+}
 DENTIST = {"title": "Dentist", "description": "checkup", "time": "2024-07-15 09:30"}
 GYM = {"title": "Gym", "description": "leg day", "time": "2024-07-16 18:00"}
 
 
 def _item(i: int, category: str, question: str, initial: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    return {"id": f"agent_{category}_{i}", "question": question, "initial_config": initial, "path": [],
-            "function": DOCS, "involved_classes": classes}
+    return {
+        "id": f"agent_{category}_{i}",
+        "question": question,
+        "initial_config": initial,
+        "path": [],
+        "function": DOCS,
+        "involved_classes": classes,
+    }
 
 
 def _answer(i: int, category: str, truth: list[dict[str, Any]], stones: list[str]) -> dict[str, Any]:
@@ -152,34 +168,97 @@ def _answer(i: int, category: str, truth: list[dict[str, Any]], stones: list[str
 
 DATA = {
     "multi_step": (
-        [_item(0, "multi_step", "I am Eve. Send Frank the message 'See you at 5'.",
-               {"BaseApi": {"wifi": False, "logged_in": True}}, ["BaseApi", "MessageApi"]),
-         _item(1, "multi_step", "Add a reminder 'Gym' (leg day) for 2024-07-16 18:00.",
-               {"BaseApi": {"wifi": True, "logged_in": False}}, ["BaseApi", "ReminderApi"])],
-        [_answer(0, "multi_step", [
-            {"BaseApi": {"wifi": True, "logged_in": True}},
-            {"MessageApi": {"inbox": {**INBOX, "3": {"sender_id": "USR100", "receiver_id": "USR101",
-                                                     "message": "See you at 5"}}}}],
-            ["[turn_on_wifi()]", "[send_message(sender_name='Eve', receiver_name='Frank', message='See you at 5')]"]),
-         _answer(1, "multi_step", [  # misspelled class keys, as in ACEBench's own answers
-             {"BaseAPI": {"wifi": True, "logged_in": True}},
-             {"ReminderAPI": {"reminder_list": {"1": DENTIST, "2": GYM}}}],
-            ["[login_device()]", "[add_reminder(title='Gym', description='leg day', time='2024-07-16 18:00')]"])],
+        [
+            _item(
+                0,
+                "multi_step",
+                "I am Eve. Send Frank the message 'See you at 5'.",
+                {"BaseApi": {"wifi": False, "logged_in": True}},
+                ["BaseApi", "MessageApi"],
+            ),
+            _item(
+                1,
+                "multi_step",
+                "Add a reminder 'Gym' (leg day) for 2024-07-16 18:00.",
+                {"BaseApi": {"wifi": True, "logged_in": False}},
+                ["BaseApi", "ReminderApi"],
+            ),
+        ],
+        [
+            _answer(
+                0,
+                "multi_step",
+                [
+                    {"BaseApi": {"wifi": True, "logged_in": True}},
+                    {
+                        "MessageApi": {
+                            "inbox": {
+                                **INBOX,
+                                "3": {"sender_id": "USR100", "receiver_id": "USR101", "message": "See you at 5"},
+                            }
+                        }
+                    },
+                ],
+                [
+                    "[turn_on_wifi()]",
+                    "[send_message(sender_name='Eve', receiver_name='Frank', message='See you at 5')]",
+                ],
+            ),
+            _answer(
+                1,
+                "multi_step",
+                [  # misspelled class keys, as in ACEBench's own answers
+                    {"BaseAPI": {"wifi": True, "logged_in": True}},
+                    {"ReminderAPI": {"reminder_list": {"1": DENTIST, "2": GYM}}},
+                ],
+                ["[login_device()]", "[add_reminder(title='Gym', description='leg day', time='2024-07-16 18:00')]"],
+            ),
+        ],
     ),
     "multi_turn": (
-        [_item(0, "multi_turn", "Your name is Grace. You want Frank to know: 'Dinner at 8'.",
-               {"BaseApi": {"wifi": True, "logged_in": True}}, ["BaseApi", "MessageApi"]),
-         _item(1, "multi_turn", "You want a reminder 'Gym' (leg day) for 2024-07-16 18:00.",
-               {"BaseApi": {"wifi": True, "logged_in": True}}, ["BaseApi", "ReminderApi"])],
-        [_answer(0, "multi_turn", [
-            {"BaseApi": {"wifi": True, "logged_in": True}},
-            {"MessageApi": {"inbox": {**INBOX, "3": {"sender_id": "USR102", "receiver_id": "USR101",
-                                                     "message": "Dinner at 8"}}}}],
-            ["[send_message(sender_name='Grace', receiver_name='Frank', message='Dinner at 8')]"]),
-         _answer(1, "multi_turn", [
-             {"BaseApi": {"wifi": True, "logged_in": True}},
-             {"Reminderpi": {"reminder_list": {"1": DENTIST, "2": GYM}}}],
-            ["[add_reminder(title='Gym', description='leg day', time='2024-07-16 18:00')]"])],
+        [
+            _item(
+                0,
+                "multi_turn",
+                "Your name is Grace. You want Frank to know: 'Dinner at 8'.",
+                {"BaseApi": {"wifi": True, "logged_in": True}},
+                ["BaseApi", "MessageApi"],
+            ),
+            _item(
+                1,
+                "multi_turn",
+                "You want a reminder 'Gym' (leg day) for 2024-07-16 18:00.",
+                {"BaseApi": {"wifi": True, "logged_in": True}},
+                ["BaseApi", "ReminderApi"],
+            ),
+        ],
+        [
+            _answer(
+                0,
+                "multi_turn",
+                [
+                    {"BaseApi": {"wifi": True, "logged_in": True}},
+                    {
+                        "MessageApi": {
+                            "inbox": {
+                                **INBOX,
+                                "3": {"sender_id": "USR102", "receiver_id": "USR101", "message": "Dinner at 8"},
+                            }
+                        }
+                    },
+                ],
+                ["[send_message(sender_name='Grace', receiver_name='Frank', message='Dinner at 8')]"],
+            ),
+            _answer(
+                1,
+                "multi_turn",
+                [
+                    {"BaseApi": {"wifi": True, "logged_in": True}},
+                    {"Reminderpi": {"reminder_list": {"1": DENTIST, "2": GYM}}},
+                ],
+                ["[add_reminder(title='Gym', description='leg day', time='2024-07-16 18:00')]"],
+            ),
+        ],
     ),
 }
 
@@ -196,7 +275,8 @@ def write_checkout(root: Path) -> Path:
         (data / "possible_answer").mkdir(parents=True, exist_ok=True)
         (data / f"data_agent_{category}.json").write_text("".join(json.dumps(x) + "\n" for x in items))
         (data / "possible_answer" / f"data_agent_{category}.json").write_text(
-            "".join(json.dumps(x) + "\n" for x in answers))
+            "".join(json.dumps(x) + "\n" for x in answers)
+        )
     return root
 
 
@@ -323,18 +403,22 @@ def test_correct_calls_pass_and_wrong_ones_fail(checkout):
 
 def test_only_documented_calls_with_fitting_arguments_run(checkout):
     task = tasks_of(checkout)["agent_multi_step_0"]
-    dunder_docs = DOCS + [_doc("__init__"), _doc("_load_scenario", scenario="dict"), _doc("DEFAULT_INBOX"),
-                          _doc("mro")]
-    task = Task(task.id, task.domain, {**task.init, "functions": dunder_docs}, task.turns, task.features,
-                task.backend)
+    dunder_docs = DOCS + [_doc("__init__"), _doc("_load_scenario", scenario="dict"), _doc("DEFAULT_INBOX"), _doc("mro")]
+    task = Task(task.id, task.domain, {**task.init, "functions": dunder_docs}, task.turns, task.features, task.backend)
     env = ACEBenchEnv(task)
     before = env.state()
     bad = [
         Call("wipe_inbox", {}),  # public, but undocumented
-        Call("__init__", {}), Call("_load_scenario", {"scenario": {"wifi": True}}), Call("__class__", {}),
-        Call("DEFAULT_INBOX", {}), Call("mro", {}), Call("inbox", {}),
-        Call("delete_message", {"message_id": "1"}), Call("delete_message", {"message_id": True}),
-        Call("delete_message", {}), Call("delete_message", {"message_id": 1, "force": True}),
+        Call("__init__", {}),
+        Call("_load_scenario", {"scenario": {"wifi": True}}),
+        Call("__class__", {}),
+        Call("DEFAULT_INBOX", {}),
+        Call("mro", {}),
+        Call("inbox", {}),
+        Call("delete_message", {"message_id": "1"}),
+        Call("delete_message", {"message_id": True}),
+        Call("delete_message", {}),
+        Call("delete_message", {"message_id": 1, "force": True}),
         Call("send_message", {"sender_name": "Eve", "receiver_name": "Frank", "message": 5}),
         Call("check_balance", {"user_name": "Eve"}),  # documented, implemented by no involved class
     ]
@@ -347,8 +431,7 @@ def test_only_documented_calls_with_fitting_arguments_run(checkout):
     assert "must be of type integer" in env.execute(Call("delete_message", {"message_id": True}))
     # a tool that raises gives an error observation, and the environment goes on
     assert "the phone caught fire" in json.loads(env.execute(Call("explode", {})))["error"]
-    assert json.loads(env.execute(Call("delete_message", {"message_id": 1}))) == {"status": True,
-                                                                                "message": "deleted"}
+    assert json.loads(env.execute(Call("delete_message", {"message_id": 1}))) == {"status": True, "message": "deleted"}
     assert list(env.state()["MessageApi"]["inbox"]) == ["2"]
 
 
@@ -441,8 +524,10 @@ def user_url():
 
 def test_openai_user(checkout, user_url, monkeypatch):
     monkeypatch.setenv("ACE_USER_KEY", "sk-user")
-    cfg = ACEBenchConfig(str(checkout), user=JudgeConfig(kind="openai", model="user-1", url=user_url,
-                                                         api_key_env="ACE_USER_KEY", timeout_s=10))
+    cfg = ACEBenchConfig(
+        str(checkout),
+        user=JudgeConfig(kind="openai", model="user-1", url=user_url, api_key_env="ACE_USER_KEY", timeout_s=10),
+    )
     tasks = {t.id: t for t in load_tasks(cfg)}
     users = make_user(cfg)
     assert users is not None and users(tasks["agent_multi_step_0"]) is None
@@ -471,11 +556,19 @@ def test_user_errors(checkout, user_url, monkeypatch):
         make_user(ACEBenchConfig(str(checkout), user=JudgeConfig(kind="rule")))
     monkeypatch.delenv("ACE_USER_KEY_UNSET", raising=False)
     with pytest.raises(ValueError, match="world.bfcl.acebench.user.*ACE_USER_KEY_UNSET"):
-        make_user(ACEBenchConfig(str(checkout), user=JudgeConfig(kind="openai", model="m", url=user_url,
-                                                                 api_key_env="ACE_USER_KEY_UNSET")))
+        make_user(
+            ACEBenchConfig(
+                str(checkout),
+                user=JudgeConfig(kind="openai", model="m", url=user_url, api_key_env="ACE_USER_KEY_UNSET"),
+            )
+        )
     monkeypatch.setenv("ACE_USER_KEY", "sk-user")
-    users = make_user(ACEBenchConfig(str(checkout), user=JudgeConfig(kind="openai", model="m", url=user_url,
-                                                                     api_key_env="ACE_USER_KEY", timeout_s=10)))
+    users = make_user(
+        ACEBenchConfig(
+            str(checkout),
+            user=JudgeConfig(kind="openai", model="m", url=user_url, api_key_env="ACE_USER_KEY", timeout_s=10),
+        )
+    )
     _UserStub.status = 500
     task = tasks_of(checkout)["agent_multi_turn_0"]
     with pytest.raises(ValueError, match="user endpoint .* returned HTTP 500"):
@@ -493,13 +586,18 @@ def test_prepare_with_the_paper_preset_writes_the_papers_split(checkout, tmp_pat
     from toolrl.envs.bfcl import split_indices
 
     root = Path(__file__).resolve().parents[1]
-    merged = OmegaConf.merge(OmegaConf.load(root / "config.yaml"), OmegaConf.load(root / "config/bfcl-qwen2.5-1.5b.yaml"),
-                             {"world": {"bfcl": {"acebench": {"path": str(checkout)}}}})
+    merged = OmegaConf.merge(
+        OmegaConf.load(root / "config.yaml"),
+        OmegaConf.load(root / "config/bfcl-qwen2.5-1.5b.yaml"),
+        {"world": {"bfcl": {"acebench": {"path": str(checkout)}}}},
+    )
     cfg_path = tmp_path / "paper.yaml"
     cfg_path.write_text(yaml.safe_dump(OmegaConf.to_container(merged)))
     assert main(["prepare", "--config", str(cfg_path), "--out", str(tmp_path / "data")]) == 0
-    read = {n: [json.loads(line) for line in (tmp_path / "data" / f"{n}.jsonl").read_text().splitlines()]
-            for n in ("rl", "id", "content_ood")}
+    read = {
+        n: [json.loads(line) for line in (tmp_path / "data" / f"{n}.jsonl").read_text().splitlines()]
+        for n in ("rl", "id", "content_ood")
+    }
     assert len(read["rl"]) == 300 and len(read["id"]) == 400
     train, _ = split_indices(42)
     assert {int(t["id"].rsplit("_", 1)[1]) for t in read["rl"]} == set(train)

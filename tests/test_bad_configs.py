@@ -27,8 +27,10 @@ TABLE: list[tuple[dict, str]] = [
     ({"rl": {"steps": 0}}, "config key 'rl.steps': must be > 0, got 0"),
     ({"rl": {"temperature": -1.0}}, "config key 'rl.temperature': must be > 0 (GRPO samples), got -1.0"),
     ({"rl": {"num_generations": 1}}, "config key 'rl.num_generations': GRPO needs at least 2 generations per group"),
-    ({"rl": {"micro_batch_size": 5}},
-     "config key 'rl.micro_batch_size': must divide rl.prompts_per_step × rl.num_generations = 32, got 5"),
+    (
+        {"rl": {"micro_batch_size": 5}},
+        "config key 'rl.micro_batch_size': must divide rl.prompts_per_step × rl.num_generations = 32, got 5",
+    ),
     ({"rollout": {"max_new_tokens": 0}}, "config key 'rollout.max_new_tokens': must be > 0, got 0"),
     ({"resources": {"threads": 0}}, "config key 'resources.threads': must be > 0, got 0"),
     ({"resources": {"gpus": -1}}, "config key 'resources.gpus': must be >= 0, got -1"),
@@ -36,28 +38,46 @@ TABLE: list[tuple[dict, str]] = [
     ({"aggregate": {"correction": "fdr"}}, "config key 'aggregate.correction': choose from holm, bonferroni, bh, none"),
     ({"world": {"n_eval_tasks": 0}}, "config key 'world.n_eval_tasks': must be > 0, got 0"),
     # impossible grids
-    ({"sweep": {"signals": ["magic"]}},
-     "config key 'sweep.signals': unknown value 'magic' (choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)"),
-    ({"sweep": {"schemes": ["sometimes"]}},
-     "config key 'sweep.schemes': unknown value 'sometimes' (choose from interleaved, rl, sequential, synchronous)"),
+    (
+        {"sweep": {"signals": ["magic"]}},
+        "config key 'sweep.signals': unknown value 'magic' (choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)",
+    ),
+    (
+        {"sweep": {"schemes": ["sometimes"]}},
+        "config key 'sweep.schemes': unknown value 'sometimes' (choose from interleaved, rl, sequential, synchronous)",
+    ),
     ({"sweep": {"learning_rates": [0.0]}}, "config key 'sweep.learning_rates': learning rate 0.0 must be > 0"),
     ({"sweep": {"seeds": []}}, "config key 'sweep.seeds': must not be empty"),
     ({"sweep": {"seeds": [0, 0]}}, "config key 'sweep.seeds': must not repeat a seed"),
-    ({"sweep": {"exclude": [{"signal": "none"}, {"signal": "sft"}, {"signal": "ops"}]}},
-     "config key 'sweep.signals': no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)"),
-    ({"sweep": {"baseline": {"signal": "sft", "scheme": "rl"}}}, "config key 'sweep.baseline': matches no cell of the grid"),
-    ({"signals": {"ops": {"k": 8}}},
-     "config key 'signals.ops.k': must be in [1, rl.num_generations - 1] = [1, 7], got 8"),
+    (
+        {"sweep": {"exclude": [{"signal": "none"}, {"signal": "sft"}, {"signal": "ops"}]}},
+        "config key 'sweep.signals': no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)",
+    ),
+    (
+        {"sweep": {"baseline": {"signal": "sft", "scheme": "rl"}}},
+        "config key 'sweep.baseline': matches no cell of the grid",
+    ),
+    (
+        {"signals": {"ops": {"k": 8}}},
+        "config key 'signals.ops.k': must be in [1, rl.num_generations - 1] = [1, 7], got 8",
+    ),
     # unknown formats and backends
     ({"world": {"backend": "gym"}}, "config key 'world.backend': unknown backend 'gym' (choose from bfcl, synthetic)"),
-    ({"world": {"train_format": "xml"}}, "config key 'world.train_format': unknown format 'xml' (choose from json, python)"),
+    (
+        {"world": {"train_format": "xml"}},
+        "config key 'world.train_format': unknown format 'xml' (choose from json, python)",
+    ),
     ({"world": {"ood_format": "json"}}, "config key 'world.ood_format': must differ from world.train_format"),
     ({"world": {"prompt_style": "verbose"}}, "config key 'world.prompt_style': choose from compact, full"),
-    ({"world": {"backend": "bfcl", "prompt_style": "compact"}},
-     "config key 'world.prompt_style': the bfcl backend shows the function docs as they are: set it to full"),
+    (
+        {"world": {"backend": "bfcl", "prompt_style": "compact"}},
+        "config key 'world.prompt_style': the bfcl backend shows the function docs as they are: set it to full",
+    ),
     # missing files and folders
-    ({"model": {"name_or_path": "/no/such/checkpoint"}},
-     "config key 'model.name_or_path': path '/no/such/checkpoint' does not exist"),
+    (
+        {"model": {"name_or_path": "/no/such/checkpoint"}},
+        "config key 'model.name_or_path': path '/no/such/checkpoint' does not exist",
+    ),
 ]
 
 
@@ -82,16 +102,20 @@ def test_unwritable_results_dir(tmp_path):
     bad = _blocked_results_dir(tmp_path)
     with pytest.raises(ConfigError) as e:
         load(ROOT / "config.yaml", {"results_dir": bad})
-    assert str(e.value) == (f"config key 'results_dir': '{bad}' cannot be created or written here "
-                            "(the sweep writes every output under it)")
+    assert str(e.value) == (
+        f"config key 'results_dir': '{bad}' cannot be created or written here (the sweep writes every output under it)"
+    )
 
 
-@pytest.mark.parametrize("override,shown", [
-    ({"sweep": {"bogus": 1}}, "Additional properties are not allowed ('bogus' was unexpected)"),  # the schema
-    ({"world": {"backend": "gym"}}, "'gym' is not one of ['bfcl', 'synthetic']"),  # the schema
-    ({"model": {"name_or_path": "/no/such/checkpoint"}}, "config key 'model.name_or_path'"),  # config.load
-    ("results_dir", "config key 'results_dir'"),  # config.load
-])
+@pytest.mark.parametrize(
+    "override,shown",
+    [
+        ({"sweep": {"bogus": 1}}, "Additional properties are not allowed ('bogus' was unexpected)"),  # the schema
+        ({"world": {"backend": "gym"}}, "'gym' is not one of ['bfcl', 'synthetic']"),  # the schema
+        ({"model": {"name_or_path": "/no/such/checkpoint"}}, "config key 'model.name_or_path'"),  # config.load
+        ("results_dir", "config key 'results_dir'"),  # config.load
+    ],
+)
 def test_snakemake_stops_before_any_job_and_names_the_key(tmp_path, override, shown):
     if override == "results_dir":
         override = {"results_dir": _blocked_results_dir(tmp_path)}

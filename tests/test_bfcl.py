@@ -11,22 +11,102 @@ import pytest
 
 pytest.importorskip("bfcl_eval")
 
-from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import response_checker, state_checker  # noqa: E402
+from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import response_checker, state_checker
 
-from toolrl.envs import bfcl  # noqa: E402
-from toolrl.envs.base import Call, Task  # noqa: E402
-from toolrl.core.episode import Episode, expert_messages  # noqa: E402
-from toolrl.formats import get_format  # noqa: E402
+from toolrl.core.episode import Episode, expert_messages
+from toolrl.envs import bfcl
+from toolrl.envs.base import Call, Task
+from toolrl.formats import get_format
 
 JSON = get_format("json", "full")
 PYTHON = get_format("python", "full")
 
 # The authors' train indices (shared/reference/bfcl-eval.md §7).
 PAPER_TRAIN = sorted(
-    [0, 2, 3, 5, 10, 12, 13, 14, 15, 16, 18, 19, 27, 30, 32, 33, 36, 37, 38, 42, 43, 44, 45, 46, 47, 51, 52, 54, 60,
-     61, 63, 64, 65, 66, 69, 72, 73, 76, 78, 79, 80, 83, 84, 85, 95, *range(100, 107), *range(109, 114), 115, 118,
-     121, 122, 123, 125, 126, 128, 130, 133, 135, 136, 140, 142, 144, 145, 146, 148, 153, 155, 156,
-     *range(158, 163), 165, 167, 170, 171, 172, 175, 176, 177, 179, 184, 186, 187, *range(192, 197)]
+    [
+        0,
+        2,
+        3,
+        5,
+        10,
+        12,
+        13,
+        14,
+        15,
+        16,
+        18,
+        19,
+        27,
+        30,
+        32,
+        33,
+        36,
+        37,
+        38,
+        42,
+        43,
+        44,
+        45,
+        46,
+        47,
+        51,
+        52,
+        54,
+        60,
+        61,
+        63,
+        64,
+        65,
+        66,
+        69,
+        72,
+        73,
+        76,
+        78,
+        79,
+        80,
+        83,
+        84,
+        85,
+        95,
+        *range(100, 107),
+        *range(109, 114),
+        115,
+        118,
+        121,
+        122,
+        123,
+        125,
+        126,
+        128,
+        130,
+        133,
+        135,
+        136,
+        140,
+        142,
+        144,
+        145,
+        146,
+        148,
+        153,
+        155,
+        156,
+        *range(158, 163),
+        165,
+        167,
+        170,
+        171,
+        172,
+        175,
+        176,
+        177,
+        179,
+        184,
+        186,
+        187,
+        *range(192, 197),
+    ]
 )
 
 
@@ -94,8 +174,11 @@ def _oracle_turns(task: Task, turns: list[list[Call]]) -> list[bool]:
         if not turn.calls:
             verdicts.append(not calls)
             continue
-        verdicts.append(bool(calls) and state_checker(model._instances, gt._instances)["valid"]
-                        and response_checker(results, gt_results, k)["valid"])
+        verdicts.append(
+            bool(calls)
+            and state_checker(model._instances, gt._instances)["valid"]
+            and response_checker(results, gt_results, k)["valid"]
+        )
     return verdicts
 
 
@@ -143,9 +226,16 @@ def test_positional_ground_truth_is_bound_by_signature():
     props = list(doc["parameters"]["properties"])
     assert props.index("insurance_cost") < props.index("booking_id")
     call = bfcl.gt_call("purchase_insurance('tok', 'basic', 'b1', 50.0, 'card')", owner)
-    assert call.arguments == {"access_token": "tok", "insurance_type": "basic", "booking_id": "b1",
-                              "insurance_cost": 50.0, "card_id": "card"}
-    n_positional = sum(bool(bfcl.parse_call_string(s)[1]) for _, gt in bfcl.load_category("base") for t in gt for s in t)
+    assert call.arguments == {
+        "access_token": "tok",
+        "insurance_type": "basic",
+        "booking_id": "b1",
+        "insurance_cost": 50.0,
+        "card_id": "card",
+    }
+    n_positional = sum(
+        bool(bfcl.parse_call_string(s)[1]) for _, gt in bfcl.load_category("base") for t in gt for s in t
+    )
     assert n_positional == 40
 
 
@@ -154,30 +244,36 @@ def test_long_context_travel_purchase_does_not_leak_into_the_next_episode():
     reference; a purchase in one episode must not change the next one's balance."""
     from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import long_context
 
-    task = next(t for t in (bfcl.to_task(q, gt, "long_context") for q, gt in bfcl.load_category("long_context"))
-                if "TravelAPI" in t.init["involved_classes"])
+    task = next(
+        t
+        for t in (bfcl.to_task(q, gt, "long_context") for q, gt in bfcl.load_category("long_context"))
+        if "TravelAPI" in t.init["involved_classes"]
+    )
     before = copy.deepcopy(long_context.CREDIT_CARD_EXTENSION)
     env = bfcl.BFCLEnv(task)
     travel = env._instances["TravelAPI"]
     card = next(iter(long_context.CREDIT_CARD_EXTENSION))
     assert card in travel.credit_card_list
     travel.credit_card_list[card]["balance"] -= 200.0  # what a booking does
-    assert long_context.CREDIT_CARD_EXTENSION == before
+    assert before == long_context.CREDIT_CARD_EXTENSION
     assert bfcl.BFCLEnv(task).state()["TravelAPI"]["credit_card_list"][card] == before[card]
 
 
 def test_every_episode_starts_fresh():
     """The package caches instances per (model, task) in module globals; two episodes of the
     same task here start from the same state: mkdir twice succeeds twice."""
-    task = next(t for t in (bfcl.to_task(q, gt, "base") for q, gt in bfcl.load_category("base"))
-                if t.init["involved_classes"] == ["GorillaFileSystem"])
+    task = next(
+        t
+        for t in (bfcl.to_task(q, gt, "base") for q, gt in bfcl.load_category("base"))
+        if t.init["involved_classes"] == ["GorillaFileSystem"]
+    )
     outs = [bfcl.BFCLEnv(task).execute(Call("mkdir", {"dir_name": "zz_new"})) for _ in range(2)]
     assert outs[0] == outs[1] and "error" not in outs[0].lower()
 
 
 def test_withheld_function_is_unavailable_until_revealed():
     task = _task("multi_turn_miss_func_0")
-    (k, names), = task.init["hidden"].items()
+    ((k, names),) = task.init["hidden"].items()
     name = names[0]
     env = bfcl.BFCLEnv(task)
     assert name not in {d["name"] for d in env.schemas()}
@@ -202,7 +298,7 @@ def test_withheld_function_used_early_by_the_ground_truth_stays_visible():
 def test_irrelevance_check_on_empty_ground_truth_turns():
     task = _task("multi_turn_miss_param_0")
     k = next(i for i, t in enumerate(task.turns) if not t.calls)
-    later = next(c for t in task.turns[k + 1:] for c in t.calls)
+    later = next(c for t in task.turns[k + 1 :] for c in t.calls)
     turns = [t.calls for t in task.turns]
     turns[k] = [later]  # acts on the request without the missing parameter
     strict, loose = play(task, turns, True), play(task, turns, False)
@@ -224,11 +320,14 @@ def test_tool_exception_becomes_an_observation():
     assert out.startswith("Error during execution") and "disk on fire" in out
 
 
-@pytest.mark.parametrize("args, error", [
-    ({"a": "yes"}, "must be of type boolean"),
-    ({"b": True}, "unexpected argument"),
-    ({"a": 1}, "must be of type boolean"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ({"a": "yes"}, "must be of type boolean"),
+        ({"b": True}, "unexpected argument"),
+        ({"a": 1}, "must be of type boolean"),
+    ],
+)
 def test_arguments_are_checked_against_the_doc(args, error):
     task = _task("multi_turn_base_0")
     env = bfcl.BFCLEnv(task)
@@ -247,13 +346,16 @@ def test_costly_and_non_finite_numbers_are_refused():
     assert err is None and isinstance(args["base"], float)  # a float power overflows at once
 
 
-@pytest.mark.parametrize("text", [
-    "[ls(a={(): 1})]",                      # a key JSON cannot encode
-    "[ls(a={1, 2})]",                       # a set
-    "[ls(a=b'x')]",                         # bytes
-    "[ls(a=" + "[" * 900 + "]" * 900 + ")]",  # nesting that parses but does not re-encode
-    '<tool_call>\n{"name": "ls", "arguments": {"a": ' + "[" * 900 + "]" * 900 + "}}\n</tool_call>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[ls(a={(): 1})]",  # a key JSON cannot encode
+        "[ls(a={1, 2})]",  # a set
+        "[ls(a=b'x')]",  # bytes
+        "[ls(a=" + "[" * 900 + "]" * 900 + ")]",  # nesting that parses but does not re-encode
+        '<tool_call>\n{"name": "ls", "arguments": {"a": ' + "[" * 900 + "]" * 900 + "}}\n</tool_call>",
+    ],
+)
 def test_arguments_json_cannot_hold_are_refused_not_raised(text):
     task = _task("multi_turn_base_0")
     fmt = PYTHON if text.startswith("[") else JSON

@@ -13,11 +13,11 @@ from conftest import run_sweep
 
 pytest.importorskip("bfcl_eval")
 
-from toolrl.models import model as models  # noqa: E402
-from toolrl.config import TinyModelConfig  # noqa: E402
-from toolrl.envs import bfcl  # noqa: E402
-from toolrl.core.episode import expert_messages  # noqa: E402
-from toolrl.formats import get_format  # noqa: E402
+from toolrl.config import TinyModelConfig
+from toolrl.core.episode import expert_messages
+from toolrl.envs import bfcl
+from toolrl.formats import get_format
+from toolrl.models import model as models
 
 pytestmark = pytest.mark.slow
 # rl: scenario 66 (VehicleControlAPI) × 3 train categories; id: scenario 174 × 4 categories;
@@ -26,14 +26,18 @@ BFCL = {"n_train": 1, "n_test": 2, "held_out_classes": ["GorillaFileSystem"]}
 
 
 def save_tiny_checkpoint(out: Path) -> None:
-    splits = bfcl.make_splits(["base", "miss_param", "miss_func"], list(bfcl.CATEGORIES), 42, 1, 2,
-                              BFCL["held_out_classes"])
+    splits = bfcl.make_splits(
+        ["base", "miss_param", "miss_func"], list(bfcl.CATEGORIES), 42, 1, 2, BFCL["held_out_classes"]
+    )
     fmts = [get_format("json", "full"), get_format("python", "full")]
-    corpus = ["\n".join(m["content"] for m in expert_messages(t, f)) for ts in splits.values() for t in ts for f in fmts]
+    corpus = [
+        "\n".join(m["content"] for m in expert_messages(t, f)) for ts in splits.values() for t in ts for f in fmts
+    ]
     tokenizer = models.build_tokenizer(corpus, [], vocab_size=2048)
     tokenizer.model_max_length = 16384
-    tiny = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128,
-                           max_position_embeddings=16384)
+    tiny = TinyModelConfig(
+        hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, max_position_embeddings=16384
+    )
     models.save(models.build_tiny_model(tiny, tokenizer, seed=0), tokenizer, out)
 
 
@@ -42,8 +46,15 @@ def sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("bfcl")
     save_tiny_checkpoint(work / "tiny-qwen")
     cfg = {
-        "sweep": {"name": "bfcl-tiny", "signals": ["none", "sft"], "schemes": ["rl", "sequential"],
-                  "learning_rates": [1e-3], "seeds": [0], "exclude": [], "baseline": {"signal": "none", "scheme": "rl"}},
+        "sweep": {
+            "name": "bfcl-tiny",
+            "signals": ["none", "sft"],
+            "schemes": ["rl", "sequential"],
+            "learning_rates": [1e-3],
+            "seeds": [0],
+            "exclude": [],
+            "baseline": {"signal": "none", "scheme": "rl"},
+        },
         "world": {"backend": "bfcl", "prompt_style": "full", "bfcl": BFCL},
         "model": {"name_or_path": str(work / "tiny-qwen")},
         "warmup": {"steps": 0},
@@ -57,8 +68,10 @@ def sweep(tmp_path_factory):
 
 
 def test_prepare_wrote_the_bfcl_split(sweep):
-    ids = {name: [json.loads(line)["id"] for line in (sweep / "data" / f"{name}.jsonl").read_text().splitlines()]
-           for name in ("rl", "id", "content_ood")}
+    ids = {
+        name: [json.loads(line)["id"] for line in (sweep / "data" / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("rl", "id", "content_ood")
+    }
     assert ids["rl"] == [f"multi_turn_{c}_66" for c in ("base", "miss_param", "miss_func")]
     assert ids["id"] == [f"multi_turn_{c}_174" for c in bfcl.CATEGORIES]
     assert ids["content_ood"] == [f"multi_turn_{c}_4" for c in bfcl.CATEGORIES]
@@ -80,5 +93,7 @@ def test_training_ran_on_bfcl_and_the_table_exists(sweep):
     run = json.loads(next(sweep.rglob("signal=sft/**/run.json")).read_text())
     assert run["cell"]["scheme"] == "sequential"
     assert "| base " in (sweep / "tables" / "main.md").read_text()
-    assert "| group | base | long_context | miss_func | miss_param | average |" in (
-        sweep / "tables" / "categories.md").read_text()
+    assert (
+        "| group | base | long_context | miss_func | miss_param | average |"
+        in (sweep / "tables" / "categories.md").read_text()
+    )

@@ -14,34 +14,106 @@ import pytest
 
 pytest.importorskip("bfcl_eval")
 
-from toolrl.envs import bfcl  # noqa: E402
-from toolrl.envs.base import Task  # noqa: E402
-from toolrl.core.episode import Episode  # noqa: E402
-from toolrl.formats import get_format  # noqa: E402
+from toolrl.core.episode import Episode
+from toolrl.envs import bfcl
+from toolrl.envs.base import Task
+from toolrl.formats import get_format
 
 N_MESSAGES = 1200
 HOSTILE_NAMES: list[Any] = [
-    "__import__", "eval", "exec", "compile", "open", "getattr", "setattr", "globals", "breakpoint", "input",
-    "os.system", "subprocess.run", "__class__", "__init__", "__dict__", "__reduce__", "__getattribute__",
-    "_load_scenario", "_current_dir", "ls.__globals__", "ls()", "ls; rm -rf /", "", " ls", "LS", "x" * 5000,
-    "kill", "exit", "quit", "remove", "unlink", "popen", "run", 123, None, ["ls"], {"name": "ls"},
+    "__import__",
+    "eval",
+    "exec",
+    "compile",
+    "open",
+    "getattr",
+    "setattr",
+    "globals",
+    "breakpoint",
+    "input",
+    "os.system",
+    "subprocess.run",
+    "__class__",
+    "__init__",
+    "__dict__",
+    "__reduce__",
+    "__getattribute__",
+    "_load_scenario",
+    "_current_dir",
+    "ls.__globals__",
+    "ls()",
+    "ls; rm -rf /",
+    "",
+    " ls",
+    "LS",
+    "x" * 5000,
+    "kill",
+    "exit",
+    "quit",
+    "remove",
+    "unlink",
+    "popen",
+    "run",
+    123,
+    None,
+    ["ls"],
+    {"name": "ls"},
 ]
 HOSTILE_VALUES: list[Any] = [
-    "../" * 5000, "a" * 200_000, "$(rm -rf /)", "__import__('os').system('ls')", "\x00\x01", "🙂" * 100,
-    [1] * 100_000, [[[[[[[[[[1]]]]]]]]]], {"__class__": "x"}, {"k": [{"k": [{}]}]}, 10**20, -(10**20), 1e308,
-    float("inf"), float("nan"), True, None, [], {}, 10**6, -1, 0.5, "", 3,
+    "../" * 5000,
+    "a" * 200_000,
+    "$(rm -rf /)",
+    "__import__('os').system('ls')",
+    "\x00\x01",
+    "🙂" * 100,
+    [1] * 100_000,
+    [[[[[[[[[[1]]]]]]]]]],
+    {"__class__": "x"},
+    {"k": [{"k": [{}]}]},
+    10**20,
+    -(10**20),
+    1e308,
+    float("inf"),
+    float("nan"),
+    True,
+    None,
+    [],
+    {},
+    10**6,
+    -1,
+    0.5,
+    "",
+    3,
 ]
 RAW_MESSAGES = [
-    "<tool_call>", "</tool_call>", "<tool_call>\n{not json}\n</tool_call>", "<tool_call>\n[]\n</tool_call>",
-    '<tool_call>\n{"name": "ls"}\n<tool_call>', "<tool_call>\n" + "[" * 100_000 + "\n</tool_call>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_call>\n{not json}\n</tool_call>",
+    "<tool_call>\n[]\n</tool_call>",
+    '<tool_call>\n{"name": "ls"}\n<tool_call>',
+    "<tool_call>\n" + "[" * 100_000 + "\n</tool_call>",
     '<tool_call>\n{"name": "ls", "arguments": {"a": ' + "1" * 5000 + "}}\n</tool_call>",
     '<tool_call>\n{"name": "ls", "arguments": {"a": NaN}}\n</tool_call>',
     '<tool_call>\n{"name": "ls", "arguments": "a=True"}\n</tool_call>',
-    "[os.system('ls')]", "[__import__('os').system('ls')]", "[ls(**{'a': True})]", "[ls(*[True])]",
-    "[(lambda: 1)()]", "[ls(a=__import__('os'))]", "[ls(a=().__class__.__bases__[0].__subclasses__())]",
-    "[cd(folder='x')", "[" * 100_000, "[ls(a=" + "1" * 5000 + ")]", "[ls(True)]", "[ls(a=True)][0]",
-    "[getattr(ls, '__globals__')]", "[ls.__call__(a=True)]", "[cd(folder=f'{1}')]", "[mean(numbers=[1]*10**9)]",
-    "[power(base=10, exponent=10**9)]", "[logarithm(value=2, base=10, precision=10**8)]", "",
+    "[os.system('ls')]",
+    "[__import__('os').system('ls')]",
+    "[ls(**{'a': True})]",
+    "[ls(*[True])]",
+    "[(lambda: 1)()]",
+    "[ls(a=__import__('os'))]",
+    "[ls(a=().__class__.__bases__[0].__subclasses__())]",
+    "[cd(folder='x')",
+    "[" * 100_000,
+    "[ls(a=" + "1" * 5000 + ")]",
+    "[ls(True)]",
+    "[ls(a=True)][0]",
+    "[getattr(ls, '__globals__')]",
+    "[ls.__call__(a=True)]",
+    "[cd(folder=f'{1}')]",
+    "[mean(numbers=[1]*10**9)]",
+    "[power(base=10, exponent=10**9)]",
+    "[logarithm(value=2, base=10, precision=10**8)]",
+    "",
 ]
 
 
@@ -63,9 +135,14 @@ def tasks() -> list[Task]:
 def _typed(rng: random.Random, spec: dict[str, Any]) -> Any:
     if "enum" in spec:
         return rng.choice(spec["enum"])
-    return {"string": rng.choice(["a", "x.txt", "..", "NVDA", "@bob", ""]), "integer": rng.randint(-3, 10**6),
-            "float": rng.uniform(-1e6, 1e6), "boolean": rng.random() < 0.5, "array": ["a"] * rng.randint(0, 3),
-            "dict": {}}.get(spec.get("type"), "a")
+    return {
+        "string": rng.choice(["a", "x.txt", "..", "NVDA", "@bob", ""]),
+        "integer": rng.randint(-3, 10**6),
+        "float": rng.uniform(-1e6, 1e6),
+        "boolean": rng.random() < 0.5,
+        "array": ["a"] * rng.randint(0, 3),
+        "dict": {},
+    }.get(spec.get("type"), "a")
 
 
 def _hostile_message(rng: random.Random, env: bfcl.BFCLEnv) -> str:
@@ -77,12 +154,17 @@ def _hostile_message(rng: random.Random, env: bfcl.BFCLEnv) -> str:
     doc = env._docs.get(name) if isinstance(name, str) else None
     if doc is not None and kind > 0.7:  # well-typed: the call runs, whatever it does
         props = doc["parameters"]["properties"]
-        args = {p: _typed(rng, spec) for p, spec in props.items()
-                if p in doc["parameters"].get("required", []) or rng.random() < 0.5}
+        args = {
+            p: _typed(rng, spec)
+            for p, spec in props.items()
+            if p in doc["parameters"].get("required", []) or rng.random() < 0.5
+        }
     else:
         params = list(doc["parameters"]["properties"]) if doc else ["a", "folder", "__class__"]
-        args = {rng.choice(params + ["__class__", "self", "kwargs"]): rng.choice(HOSTILE_VALUES)
-                for _ in range(rng.randint(0, 3))}
+        args = {
+            rng.choice(params + ["__class__", "self", "kwargs"]): rng.choice(HOSTILE_VALUES)
+            for _ in range(rng.randint(0, 3))
+        }
     if rng.random() < 0.5:
         body = json.dumps({"name": name, "arguments": args}, allow_nan=True)
         return f"<tool_call>\n{body}\n</tool_call>"
@@ -94,8 +176,14 @@ def test_hostile_messages_never_run_anything_undeclared(tasks, monkeypatch):
     def forbidden(*a: Any, **k: Any) -> None:
         raise AssertionError("a hostile message reached the operating system")
 
-    for mod, attr in ((os, "system"), (os, "popen"), (os, "remove"), (os, "unlink"), (subprocess, "run"),
-                      (subprocess, "Popen")):
+    for mod, attr in (
+        (os, "system"),
+        (os, "popen"),
+        (os, "remove"),
+        (os, "unlink"),
+        (subprocess, "run"),
+        (subprocess, "Popen"),
+    ):
         monkeypatch.setattr(mod, attr, forbidden)
     from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import long_context
 
@@ -110,11 +198,13 @@ def test_hostile_messages_never_run_anything_undeclared(tasks, monkeypatch):
         env = ep.env
         assert isinstance(env, bfcl.BFCLEnv)
         for name, method in list(env._methods.items()):
+
             def record(*a: Any, _name: str = name, _method: Any = method, **k: Any) -> Any:
                 assert env._visible(_name), f"withheld function {_name} ran"
                 assert bfcl.check_arguments(env._docs[_name], k)[1] is None and not a
                 executed.append(_name)
                 return _method(*a, **k)
+
             env._methods[name] = record
         for _ in range(rng.randint(1, 8)):
             if ep.done:

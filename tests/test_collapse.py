@@ -4,9 +4,14 @@ import pytest
 
 from toolrl.analysis.collapse import PROBES, detect, series
 
-HEALTHY = {"p_tool_call/first": 0.95, "p_im_end/first": 0.01, "p_content/first": 0.04,
-           "p_im_end/after_tool_call": 0.02, "p_tool_call/after_tool_call": 0.01,
-           "p_content/after_tool_call": 0.97}
+HEALTHY = {
+    "p_tool_call/first": 0.95,
+    "p_im_end/first": 0.01,
+    "p_content/first": 0.04,
+    "p_im_end/after_tool_call": 0.02,
+    "p_tool_call/after_tool_call": 0.01,
+    "p_content/after_tool_call": 0.97,
+}
 
 
 def _log(success, probes=None, start=0, sft=0):
@@ -55,15 +60,22 @@ def test_reward_drop_without_token_shift_is_not_collapse():
 def test_token_shift_without_reward_drop_is_not_collapse():
     """Healthy learning: the model learns to call first, p(<tool_call>) 0.3 → 1, success rises."""
     p_first = [0.3, 0.3, 0.6, 0.9, 1.0, 1.0]
-    r = detect(_log([0.3, 0.3, 0.4, 0.6, 0.8, 0.9], {"p_tool_call/first": p_first}),
-               window=2, reward_drop=0.5, token_shift=0.3)
+    r = detect(
+        _log([0.3, 0.3, 0.4, 0.6, 0.8, 0.9], {"p_tool_call/first": p_first}), window=2, reward_drop=0.5, token_shift=0.3
+    )
     assert r["collapsed"] is False and r["min_success"] == pytest.approx(0.3)
 
 
 def test_stable_run_is_not_collapse():
     r = detect(_log([0.5, 0.6, 0.5, 0.6, 0.5, 0.6, 0.5]), window=3, reward_drop=0.5, token_shift=0.3)
-    assert r == {"collapsed": False, "step": None, "baseline_success": pytest.approx(1.6 / 3),
-                 "min_success": pytest.approx(1.6 / 3), "probe": None, "shift": None}
+    assert r == {
+        "collapsed": False,
+        "step": None,
+        "baseline_success": pytest.approx(1.6 / 3),
+        "min_success": pytest.approx(1.6 / 3),
+        "probe": None,
+        "shift": None,
+    }
 
 
 def test_zero_baseline_never_collapses():
@@ -74,10 +86,12 @@ def test_zero_baseline_never_collapses():
 
 @pytest.mark.parametrize(
     "drop, shift, collapsed",
-    [(0.5, 0.3, True),    # exactly at both thresholds: success 0.4 = 0.5 × 0.8, |shift| = 0.3
-     (0.49, 0.3, True),   # a smaller required drop is met too
-     (0.51, 0.3, False),  # needs success <= 0.392
-     (0.5, 0.31, False)],  # needs a larger shift
+    [
+        (0.5, 0.3, True),  # exactly at both thresholds: success 0.4 = 0.5 × 0.8, |shift| = 0.3
+        (0.49, 0.3, True),  # a smaller required drop is met too
+        (0.51, 0.3, False),  # needs success <= 0.392
+        (0.5, 0.31, False),
+    ],  # needs a larger shift
 )
 def test_threshold_edges_are_inclusive(drop, shift, collapsed):
     success = [0.8, 0.8, 0.4, 0.4]
@@ -146,8 +160,10 @@ def test_interleaved_sft_between_rl_phases_and_unsorted_rows():
 
 @pytest.mark.parametrize(
     "rows, message",
-    [([{"phase": "sft", "step": 0, "sft_loss": 1.0}], "no RL rows"),
-     ([{"phase": "rl", "step": 0, "reward": 0.5}], "step 0 has no numeric 'success'")],
+    [
+        ([{"phase": "sft", "step": 0, "sft_loss": 1.0}], "no RL rows"),
+        ([{"phase": "rl", "step": 0, "reward": 0.5}], "step 0 has no numeric 'success'"),
+    ],
 )
 def test_unjudgeable_log_raises(rows, message):
     with pytest.raises(ValueError, match=message):

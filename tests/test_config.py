@@ -76,12 +76,30 @@ def test_schema_side_rejects_the_same(override, key):
     [
         ({"sweep": {"signals": ["none"], "pairs": {"none": []}}}, "no signal × scheme pair"),
         ({"sweep": {"pairs": {"none": ["warp"]}}}, "sweep.pairs.none"),
-        ({"sweep": {"signals": ["sft"], "schemes": ["interleaved"], "baseline": {"signal": "sft", "scheme": "interleaved"}},
-          "schemes": {"interleaved": {"rl_phases": [1, 2]}}}, "schemes.interleaved.rl_phases"),
+        (
+            {
+                "sweep": {
+                    "signals": ["sft"],
+                    "schemes": ["interleaved"],
+                    "baseline": {"signal": "sft", "scheme": "interleaved"},
+                },
+                "schemes": {"interleaved": {"rl_phases": [1, 2]}},
+            },
+            "schemes.interleaved.rl_phases",
+        ),
         ({"signals": {"ets": {"rule": "most"}}}, "signals.ets.rule"),
         ({"sweep": {"pairs": {"none": ["rl"], "ets": ["rl"]}}}, "sweep.pairs.ets"),
-        ({"sweep": {"signals": ["sft"], "schemes": ["interleaved"], "baseline": {"signal": "sft", "scheme": "interleaved"}},
-          "schemes": {"interleaved": {"rl_phases": [8]}}}, "at least two RL phases"),
+        (
+            {
+                "sweep": {
+                    "signals": ["sft"],
+                    "schemes": ["interleaved"],
+                    "baseline": {"signal": "sft", "scheme": "interleaved"},
+                },
+                "schemes": {"interleaved": {"rl_phases": [8]}},
+            },
+            "at least two RL phases",
+        ),
         ({"signals": {"ctrl": {"coef": -1.0}}}, "signals.ctrl.coef"),
         ({"world": {"n_rl_tasks": 2}}, "world.n_rl_tasks"),
         ({"signals": {"ops": {"k": 8}}}, "signals.ops.k"),
@@ -129,16 +147,28 @@ def test_command_line_strings_are_read_as_scalars():
     from toolrl.config import coerce_scalars
 
     raw = {"sweep": {"seeds": ["0", "1"], "learning_rates": ["1e-4"], "name": "x"}, "model": {"name_or_path": "null"}}
-    assert coerce_scalars(raw) == {"sweep": {"seeds": [0, 1], "learning_rates": [1e-4], "name": "x"},
-                                   "model": {"name_or_path": None}}
+    assert coerce_scalars(raw) == {
+        "sweep": {"seeds": [0, 1], "learning_rates": [1e-4], "name": "x"},
+        "model": {"name_or_path": None},
+    }
 
 
 def test_grid_builds_only_the_meaningful_pairs():
     from toolrl import plugins
     from toolrl.config import grid
 
-    cfg = load(ROOT / "config.yaml", {"sweep": {"signals": list(plugins.signals()), "schemes": list(plugins.schemes()),
-                                                "learning_rates": [1e-4, 1e-3], "seeds": [0, 1, 2], "exclude": []}})
+    cfg = load(
+        ROOT / "config.yaml",
+        {
+            "sweep": {
+                "signals": list(plugins.signals()),
+                "schemes": list(plugins.schemes()),
+                "learning_rates": [1e-4, 1e-3],
+                "seeds": [0, 1, 2],
+                "exclude": [],
+            }
+        },
+    )
     pairs = {(c.signal, c.scheme) for c in grid(cfg)}
     assert pairs == {(s, x) for s, xs in cfg.sweep.pairs.items() for x in xs}
     assert len(pairs) == 10 and len(grid(cfg)) == 10 * 2 * 3

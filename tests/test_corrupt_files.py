@@ -22,26 +22,35 @@ from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from toolrl import cli
-from toolrl.models import model as models
-from toolrl.models.checkpoint import safetensors_problem
+from toolrl.analysis.report import aggregate, read_eval
 from toolrl.config import SPLITS, TinyModelConfig, WorldConfig, grid, load
 from toolrl.envs.data import echo_messages, make_splits, read_tasks, write_splits
 from toolrl.envs.synthetic import VALUE_TOKENS
 from toolrl.io import read_json, write_json, write_jsonl
-from toolrl.analysis.report import aggregate, read_eval
+from toolrl.models import model as models
+from toolrl.models.checkpoint import safetensors_problem
 
-TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                       max_position_embeddings=256)
-SWEEP = {"name": "t", "signals": ["none"], "schemes": ["rl"], "learning_rates": [1e-3], "seeds": [0],
-         "exclude": [], "baseline": {"signal": "none", "scheme": "rl"}}
+TINY = TinyModelConfig(
+    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=256
+)
+SWEEP = {
+    "name": "t",
+    "signals": ["none"],
+    "schemes": ["rl"],
+    "learning_rates": [1e-3],
+    "seeds": [0],
+    "exclude": [],
+    "baseline": {"signal": "none", "scheme": "rl"},
+}
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
     """A healthy tiny checkpoint, saved by the code every stage saves with."""
     rng = random.Random(0)
-    tokenizer = models.build_tokenizer([m["content"] for _ in range(200) for m in echo_messages(rng)],
-                                       VALUE_TOKENS, vocab_size=300)
+    tokenizer = models.build_tokenizer(
+        [m["content"] for _ in range(200) for m in echo_messages(rng)], VALUE_TOKENS, vocab_size=300
+    )
     out = tmp_path_factory.mktemp("ckpt") / "model"
     models.save(models.build_tiny_model(TINY, tokenizer, seed=0), tokenizer, out)
     return out
@@ -52,13 +61,15 @@ def _edit_json(name: str, edit: Callable[[dict], None]) -> Callable[[Path], None
         doc = json.loads((d / name).read_text())
         edit(doc)
         (d / name).write_text(json.dumps(doc))
+
     return damage
 
 
 def _cut(name: str, keep: Callable[[int], int]) -> Callable[[Path], None]:
     def damage(d: Path) -> None:
         data = (d / name).read_bytes()
-        (d / name).write_bytes(data[:keep(len(data))])
+        (d / name).write_bytes(data[: keep(len(data))])
+
     return damage
 
 
@@ -70,29 +81,49 @@ def _nan_weight(d: Path) -> None:
 
 # (damage, what the message says after "corrupt checkpoint '<folder>': ")
 CHECKPOINT_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "weights cut in half": (_cut("model.safetensors", lambda n: n // 2),
-                            r"model\.safetensors is truncated \([\d,]+ of [\d,]+ bytes\)"),
-    "weights cut inside the header": (_cut("model.safetensors", lambda n: 20),
-                                      r"model\.safetensors is truncated \(20 bytes; the header alone needs [\d,]+\)"),
+    "weights cut in half": (
+        _cut("model.safetensors", lambda n: n // 2),
+        r"model\.safetensors is truncated \([\d,]+ of [\d,]+ bytes\)",
+    ),
+    "weights cut inside the header": (
+        _cut("model.safetensors", lambda n: 20),
+        r"model\.safetensors is truncated \(20 bytes; the header alone needs [\d,]+\)",
+    ),
     "weights zero bytes": (_cut("model.safetensors", lambda n: 0), r"model\.safetensors is empty \(0 bytes\)"),
-    "weights garbage": (lambda d: (d / "model.safetensors").write_bytes(random.Random(0).randbytes(5000)),
-                        r"model\.safetensors is not a safetensors file \(its first 8 bytes give a header of "),
-    "weights with bytes appended": (lambda d: (d / "model.safetensors").write_bytes(
-        (d / "model.safetensors").read_bytes() + b"\0" * 7), r"model\.safetensors is damaged \("),
+    "weights garbage": (
+        lambda d: (d / "model.safetensors").write_bytes(random.Random(0).randbytes(5000)),
+        r"model\.safetensors is not a safetensors file \(its first 8 bytes give a header of ",
+    ),
+    "weights with bytes appended": (
+        lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes() + b"\0" * 7),
+        r"model\.safetensors is damaged \(",
+    ),
     "weights deleted": (lambda d: (d / "model.safetensors").unlink(), r"no weights: model\.safetensors is missing"),
     "weights with a NaN": (_nan_weight, r"1 tensor of weights hold NaN or inf \(first: model\.norm\.weight\)"),
     "config truncated": (_cut("config.json", lambda n: n // 2), r"config\.json is truncated \("),
-    "config not JSON": (lambda d: (d / "config.json").write_text("model_type: qwen2\n"),
-                        r"config\.json is invalid \(Expecting value"),
+    "config not JSON": (
+        lambda d: (d / "config.json").write_text("model_type: qwen2\n"),
+        r"config\.json is invalid \(Expecting value",
+    ),
     "config deleted": (lambda d: (d / "config.json").unlink(), r"config\.json is missing"),
-    "config without model_type": (_edit_json("config.json", lambda c: c.pop("model_type")),
-                                  r"config\.json has no 'model_type'"),
-    "config without hidden_size": (_edit_json("config.json", lambda c: c.pop("hidden_size")),
-                                   (r"config\.json does not fit the weights: \S+ is \[\d+, 32\] in the file, "
-                                    r"\[\d+, 4096\] by config\.json \(\d+ tensors differ\)")),
-    "config without tie_word_embeddings": (_edit_json("config.json", lambda c: c.pop("tie_word_embeddings")),
-                                           (r"the weights lack 1 tensor that config\.json needs "
-                                            r"\(first: lm_head\.weight\)")),
+    "config without model_type": (
+        _edit_json("config.json", lambda c: c.pop("model_type")),
+        r"config\.json has no 'model_type'",
+    ),
+    "config without hidden_size": (
+        _edit_json("config.json", lambda c: c.pop("hidden_size")),
+        (
+            r"config\.json does not fit the weights: \S+ is \[\d+, 32\] in the file, "
+            r"\[\d+, 4096\] by config\.json \(\d+ tensors differ\)"
+        ),
+    ),
+    "config without tie_word_embeddings": (
+        _edit_json("config.json", lambda c: c.pop("tie_word_embeddings")),
+        (
+            r"the weights lack 1 tensor that config\.json needs "
+            r"\(first: lm_head\.weight\)"
+        ),
+    ),
     "generation config empty": (_cut("generation_config.json", lambda n: 0), r"generation_config\.json is empty"),
     "tokenizer truncated": (_cut("tokenizer.json", lambda n: n - 10), r"tokenizer\.json is truncated \("),
     "tokenizer deleted": (lambda d: (d / "tokenizer.json").unlink(), r"no tokenizer: tokenizer\.json is missing"),
@@ -120,8 +151,9 @@ def test_damaged_checkpoint_is_named(good, tmp_path, case):
 def test_tokenizer_file_of_the_wrong_shape_names_the_checkpoint(good, tmp_path):
     """Valid JSON that tokenizers cannot build from: its bare Exception is wrapped in one line."""
     d = _damaged(good, tmp_path, _edit_json("tokenizer.json", lambda t: t.pop("model")))
-    with pytest.raises(ValueError, match=re.escape(f"cannot load the tokenizer of model checkpoint '{d}': "
-                                                   "Exception: Model missing.")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"cannot load the tokenizer of model checkpoint '{d}': Exception: Model missing.")
+    ):
         models.load(d)
 
 
@@ -140,8 +172,9 @@ def test_healthy_checkpoints_load(good, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"corrupt checkpoint '{sharded}': {shards[1].name} is truncated")):
         models.load(sharded)
     shards[1].unlink()
-    with pytest.raises(ValueError, match=re.escape(f"corrupt checkpoint '{sharded}': no weights: {shards[1].name} "
-                                                   "is missing")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"corrupt checkpoint '{sharded}': no weights: {shards[1].name} is missing")
+    ):
         models.load(sharded)
 
 
@@ -190,13 +223,26 @@ def test_evaluate_job_names_a_damaged_checkpoint_and_a_damaged_task_file(good, t
     data = tmp_path / "data"
     write_splits(tasks, data)
     out = tmp_path / "eval" / "id.json"
-    argv = ["evaluate", "--config", str(config), "--data", str(data), "--split", "id", "--out", str(out),
-            "--run", "base"]
+    argv = [
+        "evaluate",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--split",
+        "id",
+        "--out",
+        str(out),
+        "--run",
+        "base",
+    ]
 
     bad = _damaged(good, tmp_path, _cut("model.safetensors", lambda n: n - 100))
     message = _cli_error(caplog, [*argv, "--model", str(bad)])
-    assert re.fullmatch(re.escape(f"corrupt checkpoint '{bad}': model.safetensors is truncated (") + r"[\d,]+ of [\d,]+ bytes\)",
-                        message)
+    assert re.fullmatch(
+        re.escape(f"corrupt checkpoint '{bad}': model.safetensors is truncated (") + r"[\d,]+ of [\d,]+ bytes\)",
+        message,
+    )
 
     (data / "id.jsonl").write_text("")
     assert _cli_error(caplog, [*argv, "--model", str(good)]) == f"no tasks in '{data / 'id.jsonl'}': the file is empty"
@@ -218,10 +264,16 @@ def _write_rows(path: Path, rows: list, cut: int = 0) -> None:
 
 TASK_DAMAGE = [
     ("truncated last line", lambda rows: (rows, 25), r"corrupt JSON in '{p}' line 3: truncated \("),
-    ("row without turns", lambda rows: ([rows[0], {k: v for k, v in rows[1].items() if k != "turns"}], 0),
-     r"malformed task in '{p}' line 2: missing key 'turns'"),
-    ("row without a question", lambda rows: ([{**rows[0], "turns": [{"rounds": [], "reply": "x"}]}], 0),
-     r"malformed task in '{p}' line 1: missing key 'question'"),
+    (
+        "row without turns",
+        lambda rows: ([rows[0], {k: v for k, v in rows[1].items() if k != "turns"}], 0),
+        r"malformed task in '{p}' line 2: missing key 'turns'",
+    ),
+    (
+        "row without a question",
+        lambda rows: ([{**rows[0], "turns": [{"rounds": [], "reply": "x"}]}], 0),
+        r"malformed task in '{p}' line 1: missing key 'question'",
+    ),
     ("row not an object", lambda rows: ([rows[0], [1, 2]], 0), r"malformed task in '{p}' line 2: "),
     ("empty file", lambda rows: ([], 0), r"no tasks in '{p}': the file is empty"),
 ]
@@ -240,9 +292,16 @@ def test_damaged_task_file_is_named(tasks, tmp_path, case, damage, what):
 
 
 def _eval_doc(split: str, cell: dict | None) -> dict:
-    return {"cell": cell, "split": split, "format": "json", "n": 4, "success_rate": 0.5, "format_error_rate": 0.25,
-            "tasks": [{"task_id": f"{split}-{i}", "domain": "bank", "success": i < 2} for i in range(4)],
-            "seconds": 1.0}
+    return {
+        "cell": cell,
+        "split": split,
+        "format": "json",
+        "n": 4,
+        "success_rate": 0.5,
+        "format_error_rate": 0.25,
+        "tasks": [{"task_id": f"{split}-{i}", "domain": "bank", "success": i < 2} for i in range(4)],
+        "seconds": 1.0,
+    }
 
 
 @pytest.fixture
@@ -272,13 +331,24 @@ EVAL_DAMAGE = [
     ("no format_error_rate", lambda d: d.pop("format_error_rate"), r"malformed '{p}': missing key 'format_error_rate'"),
     ("no tasks", lambda d: d.pop("tasks"), r"malformed '{p}': missing key 'tasks'"),
     ("no split", lambda d: d.pop("split"), r"malformed '{p}': missing key 'split'"),
-    ("rate as a string", _patch("success_rate", "0.5"), r"malformed '{p}': 'success_rate' must be a number, got '0\.5'"),
+    (
+        "rate as a string",
+        _patch("success_rate", "0.5"),
+        r"malformed '{p}': 'success_rate' must be a number, got '0\.5'",
+    ),
     ("rate as a bool", _patch("success_rate", True), r"'success_rate' must be a number, got True"),
     ("tasks as an object", _patch("tasks", {}), r"malformed '{p}': 'tasks' must be a list, got \{\}"),
-    ("task success as a string", lambda d: d["tasks"][3].update(success="yes"),
-     r"malformed '{p}' tasks\[3\]: 'success' must be true or false, got 'yes'"),
+    (
+        "task success as a string",
+        lambda d: d["tasks"][3].update(success="yes"),
+        r"malformed '{p}' tasks\[3\]: 'success' must be true or false, got 'yes'",
+    ),
     ("restored as a number", _patch("restored", 0.5), r"malformed '{p}': 'restored' must be an object, got 0\.5"),
-    ("restored without its rate", _patch("restored", {"n": 4}), r"malformed '{p}' restored: missing key 'success_rate'"),
+    (
+        "restored without its rate",
+        _patch("restored", {"n": 4}),
+        r"malformed '{p}' restored: missing key 'success_rate'",
+    ),
 ]
 
 
@@ -310,8 +380,11 @@ def test_damaged_evaluation_is_named_by_the_aggregate(sweep, case, damage, what)
 LOG_DAMAGE = [
     ("truncated", lambda text: text[:-10], r"corrupt JSON in '{p}' line 4: truncated \("),
     ("row without a step", lambda text: text.replace('"step": 1, ', ""), r"malformed '{p}' line 2: missing key 'step'"),
-    ("row not an object", lambda text: text.replace(text.splitlines()[2], "7"),
-     r"malformed '{p}' line 3: expected an object, got int"),
+    (
+        "row not an object",
+        lambda text: text.replace(text.splitlines()[2], "7"),
+        r"malformed '{p}' line 3: expected an object, got int",
+    ),
 ]
 
 
@@ -358,7 +431,10 @@ def test_every_cut_of_a_json_file_reads_as_truncated(tmp_path):
 
 # Writes that bypass toolrl.io, each with why it cannot leave a partial output: (module, call) → reason.
 ALLOWED_WRITES = {
-    ("toolrl/analysis/plots.py", "savefig"): "renders into an in-memory buffer; report.py writes the bytes with write_bytes",
+    (
+        "toolrl/analysis/plots.py",
+        "savefig",
+    ): "renders into an in-memory buffer; report.py writes the bytes with write_bytes",
     ("toolrl/models/model.py", "save_pretrained"): "inside atomic_dir",
     ("toolrl/models/gguf.py", "save_pretrained"): "inside atomic_dir",
     ("toolrl/tracking.py", "open"): "the local MLflow server's own log, not a sweep output",
@@ -396,10 +472,14 @@ def _writes(tree: ast.AST) -> list[tuple[str, ast.Call]]:
 
 def _inside_atomic_dir(tree: ast.AST, call: ast.Call) -> bool:
     for node in ast.walk(tree):
-        if isinstance(node, ast.With) and any(
-            isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", None) == "atomic_dir"
-            for i in node.items
-        ) and any(n is call for n in ast.walk(node)):
+        if (
+            isinstance(node, ast.With)
+            and any(
+                isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", None) == "atomic_dir"
+                for i in node.items
+            )
+            and any(n is call for n in ast.walk(node))
+        ):
             return True
     return False
 

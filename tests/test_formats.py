@@ -27,7 +27,7 @@ def test_plain_text_is_an_answer(name):
     "text",
     [
         "<tool_call>",  # the collapse pattern: an opened call, then end of message
-        "<tool_call>\n{\"name\": \"transfer\"",
+        '<tool_call>\n{"name": "transfer"',
         "</tool_call>",
         "<tool_call>\nnot json\n</tool_call>",
         "<tool_call>\n[1, 2]\n</tool_call>",

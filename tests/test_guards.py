@@ -9,15 +9,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from toolrl.models import model as models
-from toolrl.training import sft
 from toolrl.config import TinyModelConfig
 from toolrl.envs.data import echo_messages
+from toolrl.models import model as models
 from toolrl.models.guards import NonFiniteError, NonFiniteGuard, check_finite
+from toolrl.training import sft
 from toolrl.training.warmup import value_token_ids
 
-TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                       max_position_embeddings=256)
+TINY = TinyModelConfig(
+    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=256
+)
 
 
 @pytest.fixture
@@ -34,8 +35,11 @@ def _nan_grads(model: torch.nn.Module) -> None:
 def test_stop_names_the_step_and_the_cell(tiny):
     _nan_grads(tiny)
     guard = NonFiniteGuard("signal=none/scheme=rl/lr=1e-3/seed=0")
-    with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0 "
-                                             r"in 1 tensors \(first: model\.embed_tokens\.weight\)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0 "
+        r"in 1 tensors \(first: model\.embed_tokens\.weight\)",
+    ):
         guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=4), None, model=tiny)
 
 
@@ -51,7 +55,8 @@ def test_the_command_stops_with_one_line(monkeypatch, caplog):
     monkeypatch.setattr(parser, "parse_args", lambda argv: SimpleNamespace(fn=train))
     assert cli.main([]) == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
-        "non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0"]
+        "non-finite gradient at step 5 of signal=none/scheme=rl/lr=1e-3/seed=0"
+    ]
 
 
 def test_skip_leaves_weights_and_adam_state_untouched(tiny):
@@ -90,9 +95,19 @@ def test_sft_with_a_nan_weight_stops_at_its_first_step(tiny, tokenizer):
     rng = random.Random(0)
     examples = [echo_messages(rng) for _ in range(8)]
     with pytest.raises(NonFiniteError, match="step 1 of the warm-up"):
-        sft.train(tiny, tokenizer, examples, steps=2, batch_size=4, learning_rate=1e-3, warmup_steps=0,
-                  value_token_ids=value_token_ids(tokenizer), value_weight=1.0, seed=0,
-                  callbacks=[NonFiniteGuard("the warm-up")])
+        sft.train(
+            tiny,
+            tokenizer,
+            examples,
+            steps=2,
+            batch_size=4,
+            learning_rate=1e-3,
+            warmup_steps=0,
+            value_token_ids=value_token_ids(tokenizer),
+            value_weight=1.0,
+            seed=0,
+            callbacks=[NonFiniteGuard("the warm-up")],
+        )
 
 
 def test_nan_weights_are_never_saved(tiny, tokenizer, tmp_path):

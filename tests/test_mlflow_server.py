@@ -31,8 +31,9 @@ def _get(url: str, route: str, **query: str) -> dict[str, Any]:
 
 
 def _post(url: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(f"{url}{route}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        f"{url}{route}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -62,8 +63,9 @@ def sweep(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     }
     (work / "server.yaml").write_text(yaml.safe_dump(overrides))
     d, out = run_sweep(work, ROOT / "config/smoke.yaml", work / "server.yaml", sweep="server")
-    experiment_id = _get(server, "/api/2.0/mlflow/experiments/get-by-name",
-                         experiment_name=EXPERIMENT)["experiment"]["experiment_id"]
+    experiment_id = _get(server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"][
+        "experiment_id"
+    ]
     return {"url": server, "dir": d, "out": out, "experiment_id": experiment_id}
 
 
@@ -114,8 +116,9 @@ def test_training_runs_carry_the_cell_and_the_evaluations(sweep: dict[str, Any])
             assert f"{split}/format_error_rate" in metrics
         assert {"train/reward", "train/success"} <= set(metrics)
 
-        history = _get(sweep["url"], "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"],
-                       metric_key="train/reward")["metrics"]
+        history = _get(
+            sweep["url"], "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"], metric_key="train/reward"
+        )["metrics"]
         assert sorted(m["step"] for m in history) == [1, 2, 3]
 
         # mlflow.log_models: true: the model went through the server's artifact proxy.

@@ -31,7 +31,10 @@ def test_cli_lists_the_stages():
 
 def test_no_eval_or_exec_in_the_package():
     pattern = re.compile(r"(?<![\w.])(eval|exec)\(")
-    hits = [f"{p}:{i}" for p in (ROOT / "toolrl").rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1)
-            if pattern.search(line) and not line.lstrip().startswith("#")]
+    hits = [
+        f"{p}:{i}"
+        for p in (ROOT / "toolrl").rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line) and not line.lstrip().startswith("#")
+    ]
     assert hits == []

@@ -88,10 +88,20 @@ def _reload() -> None:
 
 
 def _override(**rl) -> dict:
-    return {"results_dir": "results", "sweep": {"name": "toy", "signals": ["none", NAME], "schemes": ["rl"],
-                                                 "learning_rates": [1e-3], "seeds": [0], "exclude": [],
-                                                 "baseline": {"signal": "none", "scheme": "rl", "lr": 1e-3}},
-            "signals": {NAME: {"weight": 0.25}}, "rl": rl or {}}
+    return {
+        "results_dir": "results",
+        "sweep": {
+            "name": "toy",
+            "signals": ["none", NAME],
+            "schemes": ["rl"],
+            "learning_rates": [1e-3],
+            "seeds": [0],
+            "exclude": [],
+            "baseline": {"signal": "none", "scheme": "rl", "lr": 1e-3},
+        },
+        "signals": {NAME: {"weight": 0.25}},
+        "rl": rl or {},
+    }
 
 
 def test_no_file_under_toolrl_names_the_toy():
@@ -109,11 +119,18 @@ def test_the_registry_and_the_config_take_the_installed_signal(site):
         config.load(ROOT / "config.yaml", {**_override(), "signals": {NAME: {"weight": 50}}})
     with pytest.raises(config.ConfigError, match=f"signals.{NAME}.colour"):
         config.load(ROOT / "config.yaml", {**_override(), "signals": {NAME: {"colour": "red"}}})
-    listing = subprocess.run([sys.executable, "-m", "toolrl", "signals"], capture_output=True, text=True, check=True,
-                             env=os.environ, cwd=site).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "toolrl", "signals"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+        cwd=site,
+    ).stdout
     assert f"{NAME} " in listing and "[toy_nudge]" in listing
-    schema = subprocess.run([sys.executable, "-m", "toolrl", "schema"], capture_output=True, text=True, check=True,
-                            env=os.environ, cwd=site).stdout
+    schema = subprocess.run(
+        [sys.executable, "-m", "toolrl", "schema"], capture_output=True, text=True, check=True, env=os.environ, cwd=site
+    ).stdout
     assert f"  {NAME}:" in schema and "weight of the entropy term" in schema
 
 
@@ -125,9 +142,27 @@ def test_snakemake_plans_the_toy_cells(site, tmp_path):
 
     override.write_text(yaml.safe_dump(_override()))
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                        str(work), "--configfile", str(ROOT / "config.yaml"), str(override), "-n", "--cores", "1"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(override),
+            "-n",
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"signal={NAME}/scheme=rl/lr=1e-3/seed=0" in p.stdout
     # The schema Snakemake validated against holds the plugin's section, and the checkout is untouched.
@@ -135,9 +170,27 @@ def test_snakemake_plans_the_toy_cells(site, tmp_path):
     assert f"  {NAME}:" in generated
     bad = work / "bad.yaml"
     bad.write_text(yaml.safe_dump({**_override(), "signals": {NAME: {"weight": -1}}}))
-    p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                        str(work), "--configfile", str(ROOT / "config.yaml"), str(bad), "-n", "--cores", "1"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(bad),
+            "-n",
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode != 0 and "-1 is less than the minimum of 0" in p.stdout + p.stderr
 
 
@@ -146,8 +199,11 @@ def test_one_real_grpo_step_runs_the_toys_hooks(site, splits, tokenizer):
     from toolrl.models.model import build_tiny_model
 
     cfg = config.load(ROOT / "config.yaml", _override(steps=1, prompts_per_step=2, num_generations=2))
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                             intermediate_size=64), tokenizer, seed=0)
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    )
     before = [p.detach().clone() for p in model.parameters()]
     cfg.rollout.max_new_tokens, cfg.rollout.max_messages = 12, 8
     fmt = get_format("json")

@@ -43,6 +43,8 @@ from hypothesis import (
 from hypothesis import strategies as st
 
 from toolrl.core.diagnostics import STATES, output_state
+from toolrl.core.episode import Episode
+from toolrl.core.reflect import Deviation, first_deviation, rule_reflection
 from toolrl.envs import bfcl, synthetic
 from toolrl.envs.base import (
     MAX_ARGUMENT_CHARS,
@@ -51,16 +53,21 @@ from toolrl.envs.base import (
     Task,
     argument_problem,
 )
-from toolrl.core.episode import Episode
 from toolrl.formats import FORMATS, get_format
-from toolrl.core.reflect import Deviation, first_deviation, rule_reflection
 
 # ast.parse warns about invalid escapes ("\d") in the model's text; the parsers still answer.
-pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning",
-                                        "ignore:invalid escape sequence:SyntaxWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:invalid escape sequence:DeprecationWarning", "ignore:invalid escape sequence:SyntaxWarning"
+)
 needs_bfcl = pytest.mark.skipif(importlib.util.find_spec("bfcl_eval") is None, reason="bfcl-eval is not installed")
-SETTINGS = settings(derandomize=True, database=None, deadline=None, max_examples=200, print_blob=False,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=200,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 JSON, PYTHON = get_format("json"), get_format("python")
 ALL_FORMATS = [get_format(n, s) for n in FORMATS for s in ("compact", "full")]
 
@@ -68,15 +75,99 @@ ALL_FORMATS = [get_format(n, s) for n in FORMATS for s in ("compact", "full")]
 
 # Text that means something to one of the syntaxes, the chat template or the environments.
 FRAGMENTS = [
-    "<tool_call>", "</tool_call>", "<tool_call>\n", "\n</tool_call>", "<|im_end|>", "<|im_start|>", "<tool_response>",
-    "[", "]", "](", "{", "}", '"', "'", '\\"', "\\", "(", ")", "=", ",", ":", ".", "*", "**", "\n", " ", "\t", "#",
-    '{"name": ', '"arguments": ', '"name"', '"arguments"', "null", "true", "NaN", "Infinity", "-Infinity",
-    "1e999", "10**10", "-", "0x1f", "1_000", "1j", "...", "b'x'", "{1}", "(1,)", "f'{1}'", "\\ud800", "\\u003c",
-    "__import__", "__import__('os').system('echo pwned')", "os.system", "os.system('echo pwned')", "eval", "exec",
-    "open", "getattr", "lambda: 1", "__class__", "__init__", "__dict__", "__globals__", "__subclasses__", "_private",
-    "_tool_transfer", "_tools", "_init", "execute", "state", "schemas", "begin_turn", "SCHEMAS",
-    "transfer", "lock_door", "amount", "to", "Ben", "front", "door", "5", "True", "None",
-    "ls", "cd", "folder", "mkdir", "dir_name", "sort", "post_tweet", "_load_scenario", "a=", "=1",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_call>\n",
+    "\n</tool_call>",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<tool_response>",
+    "[",
+    "]",
+    "](",
+    "{",
+    "}",
+    '"',
+    "'",
+    '\\"',
+    "\\",
+    "(",
+    ")",
+    "=",
+    ",",
+    ":",
+    ".",
+    "*",
+    "**",
+    "\n",
+    " ",
+    "\t",
+    "#",
+    '{"name": ',
+    '"arguments": ',
+    '"name"',
+    '"arguments"',
+    "null",
+    "true",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "10**10",
+    "-",
+    "0x1f",
+    "1_000",
+    "1j",
+    "...",
+    "b'x'",
+    "{1}",
+    "(1,)",
+    "f'{1}'",
+    "\\ud800",
+    "\\u003c",
+    "__import__",
+    "__import__('os').system('echo pwned')",
+    "os.system",
+    "os.system('echo pwned')",
+    "eval",
+    "exec",
+    "open",
+    "getattr",
+    "lambda: 1",
+    "__class__",
+    "__init__",
+    "__dict__",
+    "__globals__",
+    "__subclasses__",
+    "_private",
+    "_tool_transfer",
+    "_tools",
+    "_init",
+    "execute",
+    "state",
+    "schemas",
+    "begin_turn",
+    "SCHEMAS",
+    "transfer",
+    "lock_door",
+    "amount",
+    "to",
+    "Ben",
+    "front",
+    "door",
+    "5",
+    "True",
+    "None",
+    "ls",
+    "cd",
+    "folder",
+    "mkdir",
+    "dir_name",
+    "sort",
+    "post_tweet",
+    "_load_scenario",
+    "a=",
+    "=1",
 ]
 FRAGMENT = st.sampled_from(FRAGMENTS)
 FRAGMENT_TEXT = st.lists(FRAGMENT | st.text(max_size=3), max_size=8).map("".join)
@@ -86,9 +177,10 @@ TEXT = st.text(max_size=40) | FRAGMENT_TEXT
 # keywords (Python NFKC-normalises non-ASCII identifiers, so `ﬁle` reads back as `file`). No
 # declared tool anywhere has another kind of name (the BFCL docs are checked in a test below).
 IDENT = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True).filter(lambda s: not keyword.iskeyword(s))
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT)
-JSON_VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(TEXT, c, max_size=4),
-                           max_leaves=8)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+JSON_VALUES = st.recursive(
+    SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(TEXT, c, max_size=4), max_leaves=8
+)
 
 
 def _calls(names: st.SearchStrategy[str], keys: st.SearchStrategy[str]) -> st.SearchStrategy[list[Call]]:
@@ -105,9 +197,12 @@ PYTHON_CALLS = _calls(IDENT, IDENT)
 PY_SCALARS = SCALARS | st.floats() | st.binary(max_size=4) | st.complex_numbers(max_magnitude=10) | st.just(...)
 PY_VALUES = st.recursive(
     PY_SCALARS,
-    lambda c: (st.lists(c, max_size=4) | st.lists(c, max_size=3).map(tuple)
-               | st.dictionaries(TEXT | st.integers() | st.tuples(st.integers()), c, max_size=3)
-               | st.frozensets(st.integers() | st.text(max_size=3), max_size=3)),
+    lambda c: (
+        st.lists(c, max_size=4)
+        | st.lists(c, max_size=3).map(tuple)
+        | st.dictionaries(TEXT | st.integers() | st.tuples(st.integers()), c, max_size=3)
+        | st.frozensets(st.integers() | st.text(max_size=3), max_size=3)
+    ),
     max_leaves=12,
 )
 DEEP = st.integers(1, 40).map(lambda n: json.loads("[" * n + "1" + "]" * n))
@@ -165,7 +260,10 @@ def test_json_tag_inside_a_string():
     assert text.count("</tool_call>") == 1 and text.count("<tool_call>") == 1
     assert JSON.parse(text).calls == calls
     plain = [Call("f", {"a": "<b> & </tool_cal>"})]
-    assert JSON.render_calls(plain) == "<tool_call>\n" + json.dumps({"name": "f", "arguments": plain[0].arguments}) + "\n</tool_call>"
+    assert (
+        JSON.render_calls(plain)
+        == "<tool_call>\n" + json.dumps({"name": "f", "arguments": plain[0].arguments}) + "\n</tool_call>"
+    )
 
 
 @SETTINGS
@@ -184,7 +282,7 @@ NO_TAGS = TEXT.filter(lambda t: "<tool_call>" not in t and "</tool_call>" not in
 @given(calls=JSON_CALLS, texts=st.lists(NO_TAGS, min_size=5, max_size=5))
 def test_json_message_with_several_calls_and_text(calls, texts):
     """Text may surround and separate the blocks: the calls are read, the text is flagged."""
-    gaps = texts[:len(calls) + 1] + [""] * (len(calls) + 1 - len(texts))
+    gaps = texts[: len(calls) + 1] + [""] * (len(calls) + 1 - len(texts))
     message = gaps[0] + "".join(JSON.render_calls([c]) + g for c, g in zip(calls, gaps[1:]))
     parsed = JSON.parse(message)
     assert parsed.error is None and _canon(parsed.calls) == _canon(calls)
@@ -253,10 +351,19 @@ def test_arbitrary_text_reads_as_literals_only(text):
     _check_text(text)
 
 
-@pytest.mark.parametrize("text", [
-    "[f(a=1)] trailing", "[" * 5000, "<tool_call>" * 3, "[\x00]", "[f(a='\ud800')]", "\ud800<tool_call>",
-    "[f(a=1e999, b=..., c=b'x', d={1}, e=(1,), g=1j)]", '<tool_call>{"name": "f", "arguments": {"a": NaN}}</tool_call>',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[f(a=1)] trailing",
+        "[" * 5000,
+        "<tool_call>" * 3,
+        "[\x00]",
+        "[f(a='\ud800')]",
+        "\ud800<tool_call>",
+        "[f(a=1e999, b=..., c=b'x', d={1}, e=(1,), g=1j)]",
+        '<tool_call>{"name": "f", "arguments": {"a": NaN}}</tool_call>',
+    ],
+)
 def test_hard_texts_read_as_literals_only(text):
     _check_text(text)
 
@@ -264,8 +371,21 @@ def test_hard_texts_read_as_literals_only(text):
 # --- dispatch: nothing undeclared ever runs -------------------------------------------------
 
 _FORBIDDEN_BUILTINS = {
-    eval, exec, builtins.__import__, open, breakpoint, input,
-    os.system, os.popen, os.execv, os.execve, os.fork, os.remove, os.unlink, os.rmdir, os.kill,
+    eval,
+    exec,
+    builtins.__import__,
+    open,
+    breakpoint,
+    input,
+    os.system,
+    os.popen,
+    os.execv,
+    os.execve,
+    os.fork,
+    os.remove,
+    os.unlink,
+    os.rmdir,
+    os.kill,
 }
 # Reflection that the standard library uses freely, but that our own parse / dispatch code must
 # never apply (it would turn a name from the model into an attribute).
@@ -307,8 +427,9 @@ class Guard:
             if file in self.env_files or any(file.startswith(d) for d in self.env_files):
                 back = frame.f_back.f_code if frame.f_back else None
                 caller = back.co_qualname.split(".<locals>.")[0] if back else ""  # a comprehension's function
-                self.ran.append(Ran(file, code.co_qualname, frame.f_locals.get("self"),
-                                    back.co_filename if back else "", caller))
+                self.ran.append(
+                    Ran(file, code.co_qualname, frame.f_locals.get("self"), back.co_filename if back else "", caller)
+                )
             if any(f in file for f in _FORBIDDEN_FILES):
                 self.bad.append(f"{file}:{code.co_qualname}")
         elif event == "c_call":
@@ -318,9 +439,13 @@ class Guard:
             elif arg is exec and frame.f_code.co_filename == "<frozen importlib._bootstrap>":
                 pass  # a module's first import (a tool's `strptime` loads `_strptime`)
             elif any(arg is f for f in _FORBIDDEN_BUILTINS) or (
-                    any(arg is f for f in _REFLECTION) and frame.f_code.co_filename.startswith(_TOOLRL)
-                    and frame.f_code.co_qualname not in self.reflection_ok):
-                self.bad.append(f"{getattr(arg, '__name__', arg)} from {frame.f_code.co_filename}:{frame.f_code.co_qualname}")
+                any(arg is f for f in _REFLECTION)
+                and frame.f_code.co_filename.startswith(_TOOLRL)
+                and frame.f_code.co_qualname not in self.reflection_ok
+            ):
+                self.bad.append(
+                    f"{getattr(arg, '__name__', arg)} from {frame.f_code.co_filename}:{frame.f_code.co_qualname}"
+                )
 
     @contextmanager
     def watching(self) -> Iterator[Guard]:
@@ -332,8 +457,9 @@ class Guard:
             sys.setprofile(previous)
 
 
-def _drive(ep: Episode, texts: list[str], env_files: set[str],
-           check_step: Callable[[Episode, int, Guard, Any], None]) -> None:
+def _drive(
+    ep: Episode, texts: list[str], env_files: set[str], check_step: Callable[[Episode, int, Guard, Any], None]
+) -> None:
     """Each message through `ep.step` under a Guard watching `env_files`; `check_step(ep, turn,
     guard, parsed)` judges what ran during user turn `turn`. A message that ran no tool must
     leave the state as it was."""
@@ -370,20 +496,54 @@ def _is_tool(r: Ran) -> bool:
 
 # Who may call what in synthetic.py (callee → caller); comprehensions run inside their function.
 SYNTHETIC_CALLERS = {
-    "Domain.execute": {"Episode.step", "Episode._close_turn"}, "Domain.state": {"Episode._close_turn"},
-    "Domain.begin_turn": {"Episode.step"}, "Domain.schemas": set(), "check_arguments": {"Domain.execute"},
+    "Domain.execute": {"Episode.step", "Episode._close_turn"},
+    "Domain.state": {"Episode._close_turn"},
+    "Domain.begin_turn": {"Episode.step"},
+    "Domain.schemas": set(),
+    "check_arguments": {"Domain.execute"},
 }
 HOSTILE_NAMES = [
-    "__import__", "eval", "exec", "open", "getattr", "os.system", "system", "__class__", "__init__", "__dict__",
-    "__getattribute__", "__reduce__", "_private", "_tools", "_init", "execute", "state", "schemas", "begin_turn",
-    "check_arguments", "SCHEMAS", "name", "cumulative_responses", "_load_scenario", "_instances", "_methods",
-    "_docs", "_visible", "", " ls", "Transfer", "_tool_transfer", "_tool_lock_door",
+    "__import__",
+    "eval",
+    "exec",
+    "open",
+    "getattr",
+    "os.system",
+    "system",
+    "__class__",
+    "__init__",
+    "__dict__",
+    "__getattribute__",
+    "__reduce__",
+    "_private",
+    "_tools",
+    "_init",
+    "execute",
+    "state",
+    "schemas",
+    "begin_turn",
+    "check_arguments",
+    "SCHEMAS",
+    "name",
+    "cumulative_responses",
+    "_load_scenario",
+    "_instances",
+    "_methods",
+    "_docs",
+    "_visible",
+    "",
+    " ls",
+    "Transfer",
+    "_tool_transfer",
+    "_tool_lock_door",
 ]
 
 
 def _synthetic_tasks() -> list[Task]:
     rng = random.Random(7)
-    return [synthetic.make_task(rng, f"{d}-{i}", d, [1, 2], [1, 2], 0.3, 0.3) for d in synthetic.DOMAINS for i in range(2)]
+    return [
+        synthetic.make_task(rng, f"{d}-{i}", d, [1, 2], [1, 2], 0.3, 0.3) for d in synthetic.DOMAINS for i in range(2)
+    ]
 
 
 SYNTHETIC_TASKS = _synthetic_tasks()
@@ -394,32 +554,45 @@ def _typed_value(spec: dict[str, Any], strict: bool) -> st.SearchStrategy[Any]:
     if "enum" in spec:
         return st.sampled_from(spec["enum"]) if strict else st.sampled_from(spec["enum"]) | JSON_VALUES
     typed = {
-        "integer": st.integers(spec.get("minimum", -3), spec.get("maximum", 12)), "float": st.floats(-1e6, 1e6),
-        "boolean": st.booleans(), "string": st.sampled_from(["a", "x.txt", "..", "document", "\ud800", "\udc80x", ""]),
-        "array": st.lists(st.sampled_from(["a", "b"]) | st.integers(0, 5), max_size=3), "dict": st.just({}),
+        "integer": st.integers(spec.get("minimum", -3), spec.get("maximum", 12)),
+        "float": st.floats(-1e6, 1e6),
+        "boolean": st.booleans(),
+        "string": st.sampled_from(["a", "x.txt", "..", "document", "\ud800", "\udc80x", ""]),
+        "array": st.lists(st.sampled_from(["a", "b"]) | st.integers(0, 5), max_size=3),
+        "dict": st.just({}),
     }.get(spec.get("type"), JSON_VALUES)
     return typed if strict else typed | TEXT | JSON_VALUES
 
 
-def _call_for(docs: list[dict[str, Any]], own: list[dict[str, Any]], classes: Sequence[type] = (),
-              withheld: Sequence[dict[str, Any]] = ()) -> st.SearchStrategy[Call]:
+def _call_for(
+    docs: list[dict[str, Any]],
+    own: list[dict[str, Any]],
+    classes: Sequence[type] = (),
+    withheld: Sequence[dict[str, Any]] = (),
+) -> st.SearchStrategy[Call]:
     """A call: well-typed, of one of the environment's `own` tools (the likeliest kind) or of a
     `withheld` one (declared, not yet revealed); loosely typed, of any of `docs`; of a hostile
     name; or of a method of the environment's `classes` that no doc declares, mostly with no
     arguments (`_generate_id()` would run if it were dispatched)."""
+
     def of(tools: list[dict[str, Any]], strict: bool) -> st.SearchStrategy[Call]:
         def args(doc: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
             props, required = doc["parameters"]["properties"], doc["parameters"].get("required", [])
-            return st.fixed_dictionaries({p: _typed_value(s, strict) for p, s in props.items() if p in required},
-                                         optional={p: _typed_value(s, strict) for p, s in props.items()
-                                                   if p not in required})
+            return st.fixed_dictionaries(
+                {p: _typed_value(s, strict) for p, s in props.items() if p in required},
+                optional={p: _typed_value(s, strict) for p, s in props.items() if p not in required},
+            )
 
         return st.sampled_from(tools).flatmap(lambda d: st.builds(Call, st.just(d["name"]), args(d)))
 
     names = st.sampled_from(HOSTILE_NAMES) | IDENT | st.text(max_size=10)
     keys = st.sampled_from(["amount", "to", "door", "folder", "__class__", "self", "kwargs"]) | IDENT
-    kinds = [of(own, True), of(own, True), of(docs, False),
-             st.builds(Call, names, st.dictionaries(keys, JSON_VALUES, max_size=3))]
+    kinds = [
+        of(own, True),
+        of(own, True),
+        of(docs, False),
+        st.builds(Call, names, st.dictionaries(keys, JSON_VALUES, max_size=3)),
+    ]
     if withheld:
         kinds.append(of(list(withheld), True))
     declared = {d["name"] for d in docs}
@@ -524,14 +697,27 @@ def _plain_args(doc: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for p in doc["parameters"].get("required", []):
         spec = doc["parameters"]["properties"][p]
-        out[p] = spec["enum"][0] if "enum" in spec else {
-            "integer": spec.get("minimum", 1), "float": 1.0, "boolean": True, "array": [], "dict": {},
-        }.get(spec.get("type"), "a")
+        out[p] = (
+            spec["enum"][0]
+            if "enum" in spec
+            else {
+                "integer": spec.get("minimum", 1),
+                "float": 1.0,
+                "boolean": True,
+                "array": [],
+                "dict": {},
+            }.get(spec.get("type"), "a")
+        )
     return out
 
 
-def _sweep(task: Task, docs: list[dict[str, Any]], names: list[str], env_files: set[str],
-           check: Callable[[Episode, int, Guard, Any], None]) -> set[str]:
+def _sweep(
+    task: Task,
+    docs: list[dict[str, Any]],
+    names: list[str],
+    env_files: set[str],
+    check: Callable[[Episode, int, Guard, Any], None],
+) -> set[str]:
     """Every name as a call in its own fresh episode, in both syntaxes, with no arguments and
     (for a documented name) with arguments its doc accepts; returns the names that ran a tool."""
     by_name = {d["name"]: d for d in docs}
@@ -609,8 +795,15 @@ def test_argument_problem_never_raises(args):
 
 
 def _ok_type(kind: str | None, v: Any) -> bool:
-    want = {"string": str, "integer": int, "float": float, "boolean": bool, "array": list, "dict": dict,
-            "object": dict}.get(kind)
+    want = {
+        "string": str,
+        "integer": int,
+        "float": float,
+        "boolean": bool,
+        "array": list,
+        "dict": dict,
+        "object": dict,
+    }.get(kind)
     return want is None or (isinstance(v, want) and (kind == "boolean" or not isinstance(v, bool)))
 
 
@@ -629,8 +822,11 @@ def test_bfcl_check_arguments_never_raises(data):
     doc = data.draw(st.sampled_from(_all_bfcl_docs()))
     props = doc["parameters"]["properties"]
     keys = st.sampled_from(list(props) + ["__class__", "self"]) if props else st.sampled_from(["__class__", "self"])
-    args = data.draw(st.dictionaries(keys, PY_VALUES | st.sampled_from([10**20, 2**53 + 1, math.nan]), max_size=4)
-                     | st.fixed_dictionaries({p: _typed_value(s, False) for p, s in props.items()}) | PY_VALUES)
+    args = data.draw(
+        st.dictionaries(keys, PY_VALUES | st.sampled_from([10**20, 2**53 + 1, math.nan]), max_size=4)
+        | st.fixed_dictionaries({p: _typed_value(s, False) for p, s in props.items()})
+        | PY_VALUES
+    )
     out, error = bfcl.check_arguments(doc, args)
     if error is None:
         assert set(out) == set(args) and set(doc["parameters"].get("required", [])) <= set(out)
@@ -652,7 +848,9 @@ def test_synthetic_check_arguments_never_raises(args):
 def test_bfcl_call_string_round_trip(name, args, kwargs):
     text = f"{name}(" + ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]) + ")"
     got_name, got_args, got_kwargs = bfcl.parse_call_string(text)
-    assert got_name == name and json.dumps(got_args) == json.dumps(args) and json.dumps(got_kwargs) == json.dumps(kwargs)
+    assert (
+        got_name == name and json.dumps(got_args) == json.dumps(args) and json.dumps(got_kwargs) == json.dumps(kwargs)
+    )
 
 
 @SETTINGS
@@ -688,23 +886,37 @@ def test_bfcl_stringify(result):
 
 # --- tool sections --------------------------------------------------------------------------
 
-PARAM = st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "float", "boolean", "array", "dict"])},
-                              optional={"description": TEXT, "enum": st.lists(JSON_VALUES, max_size=3)})
-TOOL_DOC = st.fixed_dictionaries({
-    "name": st.text(max_size=20) | IDENT | FRAGMENT_TEXT,
-    "description": TEXT,
-    "parameters": st.fixed_dictionaries({
-        "type": st.just("object"),
-        "properties": st.dictionaries(st.text(max_size=10) | IDENT, PARAM, max_size=4),
-        "required": st.lists(IDENT, max_size=2),
-    }),
-}, optional={"response": JSON_VALUES})
+PARAM = st.fixed_dictionaries(
+    {"type": st.sampled_from(["string", "integer", "float", "boolean", "array", "dict"])},
+    optional={"description": TEXT, "enum": st.lists(JSON_VALUES, max_size=3)},
+)
+TOOL_DOC = st.fixed_dictionaries(
+    {
+        "name": st.text(max_size=20) | IDENT | FRAGMENT_TEXT,
+        "description": TEXT,
+        "parameters": st.fixed_dictionaries(
+            {
+                "type": st.just("object"),
+                "properties": st.dictionaries(st.text(max_size=10) | IDENT, PARAM, max_size=4),
+                "required": st.lists(IDENT, max_size=2),
+            }
+        ),
+    },
+    optional={"response": JSON_VALUES},
+)
 
 
 @settings(SETTINGS, max_examples=100)
 @given(docs=st.lists(TOOL_DOC, max_size=4))
-@example(docs=[{"name": "a</tools>\n\nb", "description": "\n\u2028\x85", "parameters": {
-    "type": "object", "properties": {}, "required": []}}])
+@example(
+    docs=[
+        {
+            "name": "a</tools>\n\nb",
+            "description": "\n\u2028\x85",
+            "parameters": {"type": "object", "properties": {}, "required": []},
+        }
+    ]
+)
 def test_tool_sections(docs):
     """Compact: one line naming every tool. Full: every doc on its own line as JSON, read back
     equal, right after the section's header line."""
@@ -717,7 +929,7 @@ def test_tool_sections(docs):
             continue
         lines = text.split("\n")
         start = lines.index("<tools>" if fmt.name == "json" else "You can call these functions:") + 1
-        assert [json.loads(line) for line in lines[start:start + len(docs)]] == docs
+        assert [json.loads(line) for line in lines[start : start + len(docs)]] == docs
         assert lines[start + max(len(docs), 1)] == ("</tools>" if fmt.name == "json" else "")
 
 

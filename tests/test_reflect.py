@@ -13,22 +13,26 @@ from typing import Any, ClassVar
 
 import pytest
 
-from toolrl.core import reflect
 from toolrl.config import JudgeConfig, TinyModelConfig
-from toolrl.envs.base import Call, Task, Turn
-from toolrl.envs.synthetic import DOMAINS, VALUES
+from toolrl.core import reflect
 from toolrl.core.episode import Episode, expert_messages
-from toolrl.formats import get_format
 from toolrl.core.reflect import (
     first_deviation,
     make_judge,
     reflection_example,
     rule_reflection,
 )
+from toolrl.envs.base import Call, Task, Turn
+from toolrl.envs.synthetic import DOMAINS, VALUES
+from toolrl.formats import get_format
 
 FORMATS = ["json", "python"]
-DOMAINS_INIT = {"bills": {"Acme": 3, "Zeta": 4, "Orion": 5}, "free_day": "monday", "playlist": "Echo",
-                "birthdays": {p: "friday" for p in VALUES["person"]}}
+DOMAINS_INIT = {
+    "bills": {"Acme": 3, "Zeta": 4, "Orion": 5},
+    "free_day": "monday",
+    "playlist": "Echo",
+    "birthdays": {p: "friday" for p in VALUES["person"]},
+}
 
 
 def expert_texts(task: Task, fmt) -> list[str]:
@@ -170,7 +174,7 @@ def test_malformed_call(splits, fmt):
 def test_answer_instead_of_call(splits, fmt):
     task = find(splits["rl"], lambda t: t.turns[0].rounds)
     texts = ["I have done it."]
-    messages, ep = play(task, fmt, texts + expert_texts(task, fmt)[len(task.turns[0].rounds) + 1:])
+    messages, ep = play(task, fmt, texts + expert_texts(task, fmt)[len(task.turns[0].rounds) + 1 :])
     assert not ep.success
     dev = first_deviation(task, fmt, messages)
     assert (dev.turn, dev.step, dev.reason) == (0, 0, reflect.ANSWER_INSTEAD_OF_CALL)
@@ -245,8 +249,15 @@ def test_chained_value(splits, fmt):
 def test_later_turn_and_split_round(splits, fmt):
     """A deviation in turn 2 is reported there; a two-call round made over two messages is not
     a deviation (the checker accepts it too)."""
-    task = find(splits["rl"], lambda t: len(t.turns) >= 2 and len(t.turns[0].rounds) == 1
-                and len(t.turns[0].rounds[0]) == 2 and len(t.turns[1].rounds) == 1)
+    task = find(
+        splits["rl"],
+        lambda t: (
+            len(t.turns) >= 2
+            and len(t.turns[0].rounds) == 1
+            and len(t.turns[0].rounds[0]) == 2
+            and len(t.turns[1].rounds) == 1
+        ),
+    )
     a, b = task.turns[0].rounds[0]
     texts = [fmt.render_calls([b]), fmt.render_calls([a])] + expert_texts(task, fmt)[1:]
     messages, ep = play(task, fmt, texts)
@@ -321,8 +332,9 @@ class _Stub(BaseHTTPRequestHandler):
         type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         ok = self.headers.get("Authorization") == "Bearer sk-test" and self.path == "/v1/chat/completions"
         code = type(self).status if ok else 401
-        out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                               "content": "  The first mistake is X.  "}}]})
+        out = json.dumps(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": "  The first mistake is X.  "}}]}
+        )
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -353,8 +365,9 @@ def test_openai_judge(splits, stub_url, monkeypatch):
     fmt = get_format("json")
     task, messages = _failed(splits, fmt)
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    judge = make_judge(JudgeConfig(kind="openai", model="judge-1", url=stub_url + "/", api_key_env="JUDGE_KEY",
-                                   timeout_s=10))
+    judge = make_judge(
+        JudgeConfig(kind="openai", model="judge-1", url=stub_url + "/", api_key_env="JUDGE_KEY", timeout_s=10)
+    )
     assert judge.reflect(task, fmt, messages) == "The first mistake is X."
     (req,) = _Stub.seen
     assert req["auth"] == "Bearer sk-test"
@@ -389,8 +402,9 @@ def test_openai_judge_errors(splits, stub_url, monkeypatch):
 def test_hf_judge(splits, tokenizer, tmp_path):
     from toolrl.models.model import build_tiny_model, save
 
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                          max_position_embeddings=4096)
+    cfg = TinyModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_position_embeddings=4096
+    )
     save(build_tiny_model(cfg, tokenizer, seed=0), tokenizer, tmp_path / "judge")
     judge = make_judge(JudgeConfig(kind="hf", model=str(tmp_path / "judge"), max_new_tokens=6))
     fmt = get_format("json")
@@ -412,7 +426,7 @@ def test_hf_judge(splits, tokenizer, tmp_path):
     prompt = tokenizer.decode(kw["input_ids"][0])
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")  # template
     assert fmt.render_calls(task.turns[0].rounds[0]) in prompt and "Assistant: ok" in prompt
-    new = kw["out"][0, kw["input_ids"].shape[1]:]
+    new = kw["out"][0, kw["input_ids"].shape[1] :]
     assert 1 <= len(new) <= 6
     assert out == tokenizer.decode(new, skip_special_tokens=True).strip()
     longest = max(len(tokenizer.decode([i])) for i in range(len(tokenizer)))

@@ -33,8 +33,14 @@ def _eval_doc(cell, split, rate):
         "success_rate": rate,
         "format_error_rate": 0.0,
         "tasks": [
-            {"task_id": f"{split}-{i:04d}", "success": i < k, "turns": 1, "turns_completed": 1,
-             "format_errors": 0, "messages": 3}
+            {
+                "task_id": f"{split}-{i:04d}",
+                "success": i < k,
+                "turns": 1,
+                "turns_completed": 1,
+                "format_errors": 0,
+                "messages": 3,
+            }
             for i in range(n)
         ],
     }
@@ -257,14 +263,21 @@ def _train_log(mode, sft_steps=0, n=8):
     rows = [{"phase": "sft", "step": i, "sft_loss": 1.0 / (i + 1)} for i in range(sft_steps)]
     for i in range(n):
         bad = mode is not None and i >= 4
-        rows.append({
-            "phase": "rl", "step": sft_steps + i, "success": 0.1 if bad else 0.7, "reward": 0.1 if bad else 0.7,
-            "p_tool_call/first": 0.02 if bad and mode == "first" else 0.95,
-            "p_im_end/first": 0.01, "p_content/first": 0.04,
-            "p_im_end/after_tool_call": 0.97 if bad and mode == "end" else 0.02,
-            "state/text_pollution": 0.8 if bad else 0.05, "state/full_collapse": 0.1 if bad else 0.0,
-            "format_error_rate": 0.9 if bad else 0.05,
-        })
+        rows.append(
+            {
+                "phase": "rl",
+                "step": sft_steps + i,
+                "success": 0.1 if bad else 0.7,
+                "reward": 0.1 if bad else 0.7,
+                "p_tool_call/first": 0.02 if bad and mode == "first" else 0.95,
+                "p_im_end/first": 0.01,
+                "p_content/first": 0.04,
+                "p_im_end/after_tool_call": 0.97 if bad and mode == "end" else 0.02,
+                "state/text_pollution": 0.8 if bad else 0.05,
+                "state/full_collapse": 0.1 if bad else 0.0,
+                "format_error_rate": 0.9 if bad else 0.05,
+            }
+        )
     return rows
 
 
@@ -274,9 +287,12 @@ def _write_diagnostics(d: Path, modes=LOG_MODES, restored=RESTORED, base_restore
             rows = _train_log(mode, SFT_STEPS[signal])
             path = _run_dir(d, signal, scheme, seed) / "train_log.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    targets = [(_run_dir(d, sig, sch, seed) / "eval" / f"{split}.json", rate)
-               for (sig, sch), by_split in restored.items() for split, values in by_split.items()
-               for seed, rate in enumerate(values)]
+    targets = [
+        (_run_dir(d, sig, sch, seed) / "eval" / f"{split}.json", rate)
+        for (sig, sch), by_split in restored.items()
+        for split, values in by_split.items()
+        for seed, rate in enumerate(values)
+    ]
     targets += [(d / "base" / "eval" / f"{split}.json", rate) for split, rate in base_restored.items()]
     for path, rate in targets:
         doc = json.loads(path.read_text())
@@ -396,10 +412,16 @@ def test_detector_thresholds_are_passed_through(tmp_path):
     strict = aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(token_shift=0.99))
     assert strict["diagnostics"]["token_shift"] == 0.99
     assert [g["collapse"]["collapsed"] for g in strict["groups"][1:]] == [0, 0]
-    assert "0/3" in (sweep / "tables" / "main.md").read_text() and "2/3" not in (sweep / "tables" / "main.md").read_text()
+    assert (
+        "0/3" in (sweep / "tables" / "main.md").read_text() and "2/3" not in (sweep / "tables" / "main.md").read_text()
+    )
     # A window as long as the run leaves no step to judge.
-    assert aggregate(sweep, BASELINE, n_resamples=100,
-                     diagnostics=DiagnosticsConfig(window=8))["groups"][2]["collapse"]["collapsed"] == 0
+    assert (
+        aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(window=8))["groups"][2]["collapse"][
+            "collapsed"
+        ]
+        == 0
+    )
 
 
 def test_cmd_aggregate_reads_diagnostics_from_config(tmp_path):
@@ -407,9 +429,11 @@ def test_cmd_aggregate_reads_diagnostics_from_config(tmp_path):
 
     sweep = _diagnosed_sweep(tmp_path / "results" / "s")
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"results_dir: {tmp_path / 'results'}\n"
-                   "sweep: {name: s, signals: [none], schemes: [rl], learning_rates: [1.0e-4]}\n"
-                   "aggregate: {n_resamples: 100}\ndiagnostics: {window: 3, reward_drop: 0.8, token_shift: 0.5}\n")
+    cfg.write_text(
+        f"results_dir: {tmp_path / 'results'}\n"
+        "sweep: {name: s, signals: [none], schemes: [rl], learning_rates: [1.0e-4]}\n"
+        "aggregate: {n_resamples: 100}\ndiagnostics: {window: 3, reward_drop: 0.8, token_shift: 0.5}\n"
+    )
     from toolrl import tracking
 
     exp = tmp_path / "experiment.json"
@@ -489,7 +513,9 @@ def test_category_table_per_split_with_average(sweep):
             t["domain"] = "a" if i < 32 else "b"
         path.write_text(json.dumps(doc))
     aggregate(sweep, BASELINE, n_resamples=100)
-    rows = {(r["group"], r["split"], r["category"]): r for r in csv.DictReader((sweep / "tables" / "categories.csv").open())}
+    rows = {
+        (r["group"], r["split"], r["category"]): r for r in csv.DictReader((sweep / "tables" / "categories.csv").open())
+    }
     sft = [0.80, 0.85, 0.90]
     b = [(round(r * 64) - 32) / 32 for r in sft]
     got = rows[("sft/rl/lr=1e-4", "id", "b")]
@@ -553,8 +579,12 @@ def test_effects_table(aggregated):
 def _grid_sweep(d: Path) -> None:
     """Two schemes × two learning rates for `sft`, one cell for `none`: the pivots' shape."""
     rates = {"id": [0.5, 0.6, 0.7], "format_ood": [0.1, 0.2, 0.3], "content_ood": [0.2, 0.2, 0.4]}
-    for signal, scheme, lr, bump in [("none", "rl", 1e-4, 0.0), ("sft", "rl", 1e-4, 0.1), ("sft", "rl", 1e-3, -0.3),
-                                     ("sft", "synchronous", 1e-4, 0.2)]:
+    for signal, scheme, lr, bump in [
+        ("none", "rl", 1e-4, 0.0),
+        ("sft", "rl", 1e-4, 0.1),
+        ("sft", "rl", 1e-3, -0.3),
+        ("sft", "synchronous", 1e-4, 0.2),
+    ]:
         lr_dir = f"{lr:.0e}".replace("e-0", "e-")
         for split, values in rates.items():
             for seed, rate in enumerate(values):
@@ -576,8 +606,10 @@ def test_schemes_table_pivots_schemes_into_columns(grid):
     md = (sweep / "tables" / "schemes.md").read_text()
     id_rows = [r for r in md.split("**id**")[1].split("**format_ood**")[0].splitlines() if r.startswith("| ")]
     assert id_rows[0] == "| signal | lr | rl | synchronous |"
-    cells = {tuple(c.strip() for c in r.strip("|").split("|")[:2]): [c.strip() for c in r.strip("|").split("|")[2:]]
-             for r in id_rows[1:]}
+    cells = {
+        tuple(c.strip() for c in r.strip("|").split("|")[:2]): [c.strip() for c in r.strip("|").split("|")[2:]]
+        for r in id_rows[1:]
+    }
     assert [c.split(" [")[0] for c in cells[("sft", "1e-4")]] == ["70.0", "80.0"]
     assert cells[("sft", "1e-3")][1] == "—" and cells[("none", "1e-4")][1] == "—"
     rows = list(csv.DictReader((sweep / "tables" / "schemes.csv").open()))
@@ -590,8 +622,11 @@ def test_lr_table_pivots_learning_rates_with_collapse(grid):
     sweep, _ = grid
     md = (sweep / "tables" / "lr.md").read_text()
     assert "| signal | scheme | 1e-4 | 1e-3 |" in md  # columns in increasing learning rate
-    rows = [[c.strip() for c in r.strip("|").split("|")]
-            for r in md.split("**id**")[1].split("**format_ood**")[0].splitlines() if r.startswith("| ")][1:]
+    rows = [
+        [c.strip() for c in r.strip("|").split("|")]
+        for r in md.split("**id**")[1].split("**format_ood**")[0].splitlines()
+        if r.startswith("| ")
+    ][1:]
     by = {(r[0], r[1]): [c.split(" [")[0] for c in r[2:]] for r in rows}
     assert by[("sft", "rl")] == ["70.0", "30.0"]  # 0.5…0.7 shifted by +0.1 and −0.3
     assert by[("sft", "synchronous")] == ["80.0", "—"] and by[("none", "rl")] == ["60.0", "—"]
@@ -628,12 +663,19 @@ def test_paper_numbers_sit_beside_ours(grid):
     assert rows["sft/rl/lr=1e-4"][-1] == "—"
     assert "Hao et al. (2026)" in md
     assert r"Paper" in (sweep / "tables" / "main.tex").read_text()
-    none_id = next(r for r in csv.DictReader((sweep / "tables" / "main.csv").open())
-                   if r["group"] == "none/rl/lr=1e-4" and r["split"] == "id")
+    none_id = next(
+        r
+        for r in csv.DictReader((sweep / "tables" / "main.csv").open())
+        if r["group"] == "none/rl/lr=1e-4" and r["split"] == "id"
+    )
     assert none_id["paper"] == "3.5"
     paper = {g["name"]: g["paper"] for g in summary["groups"]}
-    assert paper["none/rl/lr=1e-4"] == {"recipe": "vanilla RL (GRPO)", "score": 3.5, "split": "id",
-                                        "source": "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"}
+    assert paper["none/rl/lr=1e-4"] == {
+        "recipe": "vanilla RL (GRPO)",
+        "score": 3.5,
+        "split": "id",
+        "source": "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct",
+    }
     assert paper["sft/synchronous/lr=1e-4"] is None
 
 

@@ -114,13 +114,21 @@ def group_alive(pgid: int) -> bool:
 def attempt(work: Path, config: Path, kill: str, index: int, rng: random.Random) -> Attempt:
     """One run of the sweep, killed at `kill` (a kill point, or "random"), from a clean lock."""
     marker = work / f"kill-{index}.json"
-    env = {**SNAKEMAKE_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(KILLPOINTS), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **SNAKEMAKE_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(KILLPOINTS), os.environ.get("PYTHONPATH")])),
+    }
     if kill != "random":
         env |= {"TOOLRL_TEST_KILL": kill, "TOOLRL_TEST_KILL_MARK": str(marker)}
     log = work / f"attempt-{index}.log"
     with log.open("w") as sink:
-        p = subprocess.Popen(snakemake_command(work, ROOT / "config/smoke.yaml", config), stdout=sink,
-                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        p = subprocess.Popen(
+            snakemake_command(work, ROOT / "config/smoke.yaml", config),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         if kill == "random":
             while "\nrule " not in (text := "\n" + log.read_text()) and "\nlocalrule " not in text:
@@ -140,8 +148,15 @@ def attempt(work: Path, config: Path, kill: str, index: int, rng: random.Random)
         time.sleep(0.2)
     output = log.read_text()
     started, finished = jobs(output)
-    return Attempt(kill, returncode, output, json.loads(marker.read_text()) if marker.exists() else None,
-                   started, finished, identities(work, finished))
+    return Attempt(
+        kill,
+        returncode,
+        output,
+        json.loads(marker.read_text()) if marker.exists() else None,
+        started,
+        finished,
+        identities(work, finished),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +186,14 @@ def sweeps(tmp_path_factory) -> dict[str, Any]:
     attempts.append(Attempt("none", final.returncode, final.stdout + final.stderr, None, started, finished))
     t2 = time.monotonic()
     print(f"\nreference run {t1 - t0:.0f} s; interrupted run with {len(KILLS)} kills and resumes {t2 - t1:.0f} s")
-    return {"reference": reference, "ref_output": ref_output, "interrupted": work / "results" / "resume",
-            "work": work, "attempts": attempts, "lock_error": lock_error}
+    return {
+        "reference": reference,
+        "ref_output": ref_output,
+        "interrupted": work / "results" / "resume",
+        "work": work,
+        "attempts": attempts,
+        "lock_error": lock_error,
+    }
 
 
 def test_every_kill_happened_where_it_was_meant_to(sweeps):
@@ -229,8 +250,11 @@ def test_results_equal_the_uninterrupted_run(sweeps):
     for name in tables:
         assert (got / name).read_bytes() == (ref / name).read_bytes(), name
     # Deeper than the tables: every evaluation (each task's outcome), train log and weight.
-    files = sorted(p.relative_to(ref) for p in ref.rglob("*")
-                   if p.suffix in (".json", ".jsonl", ".safetensors") and "mlflow" not in p.parts)
+    files = sorted(
+        p.relative_to(ref)
+        for p in ref.rglob("*")
+        if p.suffix in (".json", ".jsonl", ".safetensors") and "mlflow" not in p.parts
+    )
     assert len(files) > 20
     for name in files:
         if name.suffix == ".safetensors":
@@ -257,8 +281,11 @@ def _runs(sweep: Path) -> tuple[Any, list[Any]]:
 
 def _content(client: Any, run: Any) -> dict[str, Any]:
     """What a run says about its job: params, our tags, every metric's history."""
-    metrics = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
-               for k in run.data.metrics if not TIMING.search(k)}
+    metrics = {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
+        for k in run.data.metrics
+        if not TIMING.search(k)
+    }
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     return {"params": run.data.params, "tags": tags, "metrics": metrics}
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from toolrl.core import rollout
 from toolrl.config import RolloutConfig, TinyModelConfig
+from toolrl.core import rollout
 from toolrl.core.episode import expert_messages
 from toolrl.formats import get_format
 from toolrl.models.model import build_tiny_model
@@ -29,7 +29,7 @@ class ScriptedModel(torch.nn.Module):
         rows = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             real = [i for i, m in zip(ids, mask) if m]
-            key = next(k for k in self.scripts if real[:len(k)] == list(k))
+            key = next(k for k in self.scripts if real[: len(k)] == list(k))
             rows.append(self.scripts[key].pop(0)[:max_new_tokens])
         width = max(map(len, rows))
         new = [r + [pad_token_id] * (width - len(r)) for r in rows]
@@ -49,7 +49,9 @@ def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
         full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         expected[t.id] = (full["input_ids"], full["assistant_masks"])
     model = ScriptedModel(tokenizer, scripts)
-    results = rollout.run(model, tokenizer, tasks, fmt, RolloutConfig(max_total_tokens=4000), sample=False, batch_size=5)
+    results = rollout.run(
+        model, tokenizer, tasks, fmt, RolloutConfig(max_total_tokens=4000), sample=False, batch_size=5
+    )
     for r in results:
         ids, mask = expected[r.episode.task.id]
         n = len(r.prompt_ids)
@@ -63,8 +65,11 @@ def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
 
 def test_random_policy_rollout_invariants(splits, tokenizer):
     torch.manual_seed(0)
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                             intermediate_size=64), tokenizer, seed=0)
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    )
     cfg = RolloutConfig(max_messages=6, max_new_tokens=24, max_total_tokens=300)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     results = rollout.run(model, tokenizer, splits["id"][:16], get_format("json"), cfg, sample=True)
@@ -79,14 +84,21 @@ def test_random_policy_rollout_invariants(splits, tokenizer):
 
 
 def test_sampling_is_seeded(splits, tokenizer):
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                             intermediate_size=64), tokenizer, seed=0)
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    )
     cfg = RolloutConfig(max_messages=4, max_new_tokens=16, max_total_tokens=200)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
-        runs.append([r.completion_ids for r in rollout.run(model, tokenizer, splits["id"][:8], get_format("json"),
-                                                           cfg, sample=True)])
+        runs.append(
+            [
+                r.completion_ids
+                for r in rollout.run(model, tokenizer, splits["id"][:8], get_format("json"), cfg, sample=True)
+            ]
+        )
     assert runs[0] == runs[1]
 
 
@@ -103,8 +115,9 @@ def test_expert_replay_matches_the_chat_template(splits, tokenizer, fmt_name):
     fmt = get_format(fmt_name)
     for t in splits["rl"][:10]:
         r = rollout.replay(tokenizer, t, fmt, RolloutConfig(max_total_tokens=4000))
-        full = tokenizer.apply_chat_template(expert_messages(t, fmt), tokenize=True, return_dict=True,
-                                             return_assistant_tokens_mask=True)
+        full = tokenizer.apply_chat_template(
+            expert_messages(t, fmt), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         n = len(r.prompt_ids)
         assert r.kind == "expert" and r.success
         assert r.prompt_ids + r.completion_ids == full["input_ids"][:-1]
@@ -120,7 +133,9 @@ def test_hint_is_sampled_but_not_scored(splits, tokenizer):
     real_generate = model.generate
 
     def spy(input_ids, attention_mask, **kw):
-        seen.extend([i for i, m in zip(ids, mask) if m] for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()))
+        seen.extend(
+            [i for i, m in zip(ids, mask) if m] for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())
+        )
         return real_generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
     model.generate = spy
@@ -143,7 +158,9 @@ def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
 
     vocab = tokenizer.get_vocab()
     tc, end = vocab["<tool_call>"], vocab["<|im_end|>"]
-    proc = ForbidPatterns(forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["<|im_end|>"]), ForbidRule("", ["<|im_end|>"])]))
+    proc = ForbidPatterns(
+        forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["<|im_end|>"]), ForbidRule("", ["<|im_end|>"])])
+    )
     proc.reset(3)
     scores = torch.zeros(2, len(tokenizer))
     first = proc(torch.tensor([[1, 2, tc], [1, 2, 3]]), scores)
@@ -180,14 +197,18 @@ def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
     """Rounds after the first encode only the environment's new tokens (the cache holds the rest,
     padding inside masked out), and every logit is that of the episode played alone: the same
     context, attention and positions (float64, greedy)."""
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                                             intermediate_size=64), tokenizer, seed=0).double()
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    ).double()
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
     logits: dict[tuple[int, ...], torch.Tensor] = {}
     real_generate = model.generate
     model.generate = lambda input_ids, **kw: real_generate(  # type: ignore[method-assign]
         input_ids=input_ids,
-        **{**kw, "logits_processor": [*kw["logits_processor"], StopAfter(input_ids.shape[1], eos, pad, logits)]})
+        **{**kw, "logits_processor": [*kw["logits_processor"], StopAfter(input_ids.shape[1], eos, pad, logits)]},
+    )
     fed: list[int] = []
     model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     cfg = RolloutConfig(max_messages=8, max_new_tokens=16, max_total_tokens=1200)
@@ -214,10 +235,14 @@ def test_control_token_probe_reads_the_right_steps():
     from toolrl.core.diagnostics import ControlTokenProbe
 
     probe = ControlTokenProbe({"im_end": 2, "tool_call": 5})
-    logits = torch.log(torch.tensor([
-        [[0.1, 0.1, 0.2, 0.1, 0.1, 0.4], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]],  # step 0, rows 0 and 1
-        [[0.2, 0.1, 0.6, 0.0, 0.0, 0.1], [0.1, 0.1, 0.3, 0.1, 0.1, 0.3]],  # step 1
-    ]))
+    logits = torch.log(
+        torch.tensor(
+            [
+                [[0.1, 0.1, 0.2, 0.1, 0.1, 0.4], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]],  # step 0, rows 0 and 1
+                [[0.2, 0.1, 0.6, 0.0, 0.0, 0.1], [0.1, 0.1, 0.3, 0.1, 0.1, 0.3]],  # step 1
+            ]
+        )
+    )
     for step in logits:
         probe(torch.zeros(2, 1, dtype=torch.long), step)
     new = torch.tensor([[5, 2], [0, 2]])  # row 0: <tool_call> then <|im_end|>; row 1: content then <|im_end|>

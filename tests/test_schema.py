@@ -20,13 +20,17 @@ COMMITTED = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 def test_the_committed_schema_is_not_stale():
     assert COMMITTED.read_text() == schema.render(), (
         "workflow/schemas/config.schema.yaml is stale: run "
-        "`python -m toolrl schema > workflow/schemas/config.schema.yaml`")
+        "`python -m toolrl schema > workflow/schemas/config.schema.yaml`"
+    )
 
 
 @pytest.mark.parametrize("name", ["config.yaml", *sorted(p.name for p in (ROOT / "config").glob("*.yaml"))])
 def test_defaults_snakemake_fills_are_the_dataclasses(name, tmp_path):
-    data = yaml.safe_load((ROOT / name).read_text()) if name == "config.yaml" else yaml.safe_load(
-        (ROOT / "config" / name).read_text())
+    data = (
+        yaml.safe_load((ROOT / name).read_text())
+        if name == "config.yaml"
+        else yaml.safe_load((ROOT / "config" / name).read_text())
+    )
     data.pop("results_dir", None)
     if data.get("world", {}).get("backend") == "bfcl":  # content_ood without a user's ACEBench checkout
         bfcl = data["world"].setdefault("bfcl", {})

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from toolrl.training import grpo
-from toolrl.core import rollout
 from toolrl.config import Config, RLConfig, RolloutConfig, TinyModelConfig
+from toolrl.core import rollout
 from toolrl.core.episode import expert_messages
+from toolrl.core.supervision import FailureLog, GroupOutcome, control_penalty, encode_examples
 from toolrl.formats import get_format
 from toolrl.models.model import build_tiny_model
-from toolrl.core.supervision import FailureLog, GroupOutcome, control_penalty, encode_examples
+from toolrl.training import grpo
 
 FMT = get_format("json")
 ROLL = RolloutConfig(max_new_tokens=12, max_total_tokens=1500, max_messages=8)
@@ -23,13 +23,17 @@ ROLL = RolloutConfig(max_new_tokens=12, max_total_tokens=1500, max_messages=8)
 
 @pytest.fixture()
 def model(tokenizer):
-    return build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                            intermediate_size=64), tokenizer, seed=0)
+    return build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    )
 
 
 def _call(source: grpo.MultiTurnRollout, model, prompts: list[str], step: int = 0):
-    trainer = SimpleNamespace(state=SimpleNamespace(global_step=step), model=model,
-                              accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(global_step=step), model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m)
+    )
     return source(prompts, trainer)
 
 
@@ -80,7 +84,7 @@ def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer,
         assert s["scored"] == scored and "Hint:" not in tokenizer.decode(scored)
         if s["kind"] == "hinted":
             text = tokenizer.decode(s["sample"])
-            assert "Hint:" in text and FMT.render_calls(tasks[0].turns[0].rounds[0]) in text or "Turn 1" in text
+            assert ("Hint:" in text and FMT.render_calls(tasks[0].turns[0].rounds[0]) in text) or "Turn 1" in text
 
 
 def test_void_filter_drops_void_trajectories_from_the_loss(splits, tokenizer, model):
@@ -123,7 +127,10 @@ def test_ets_phase_data_is_the_expert_trajectories_of_failed_tasks(splits, token
     prs, _ = grpo.plugins_for(cfg, "prs", "interleaved")
     prs.setup(ctx)
     monkeypatch.setattr(prs.judge, "reflect", lambda task, fmt, msgs: f"reflection on {task.id}")
-    kinds = {e[-1]["content"] == f"reflection on {tasks[1].id}" for e in prs.phase_data(ctx, failures, 1, 4, random.Random(0)).examples}
+    kinds = {
+        e[-1]["content"] == f"reflection on {tasks[1].id}"
+        for e in prs.phase_data(ctx, failures, 1, 4, random.Random(0)).examples
+    }
     assert kinds == {True, False}  # both the expert trajectory and the reflection are trained on
 
 
@@ -244,8 +251,8 @@ def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypa
 def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, model):
     """A model forced into full collapse (every message an immediate <|im_end|>) writes content
     again under the probe, and only the configured splits get the probe."""
-    from toolrl.training import evaluate
     from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
+    from toolrl.training import evaluate
 
     head = model.lm_head
     biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
@@ -266,7 +273,9 @@ def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, mode
     assert set(said(plain)) == {""}  # every message an immediate <|im_end|>
     assert said(probed) and "" not in said(probed)  # the probe rules the empty message out
     with_probe = evaluate.run_split(model, tokenizer, cfg, "id", tasks)
-    assert with_probe["restored"]["n"] == 4 and "restored" not in evaluate.run_split(model, tokenizer, cfg, "format_ood", tasks)
+    assert with_probe["restored"]["n"] == 4 and "restored" not in evaluate.run_split(
+        model, tokenizer, cfg, "format_ood", tasks
+    )
 
 
 _ADAMW_STEP = torch.optim.AdamW.step
@@ -277,8 +286,13 @@ def _step_gradients(tokenizer, splits, model, monkeypatch, signal, scheme, micro
     grads: list[list[torch.Tensor]] = []
 
     def spy(self, *a, **k):
-        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                      for g in self.param_groups for p in g["params"]])
+        grads.append(
+            [
+                p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                for g in self.param_groups
+                for p in g["params"]
+            ]
+        )
         return _ADAMW_STEP(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
@@ -330,10 +344,21 @@ def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(split
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] + [5, 6, 7]  # junk after EOS
             return prompts, [ids for _ in prompts], None, None
 
-    source = _source(tokenizer, [task], Config(), "none",
-                     RolloutConfig(max_new_tokens=200, max_total_tokens=3000, max_messages=20), RLConfig(num_generations=2))
-    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0), model=model, use_vllm=True,
-                              vllm_generation=Engine(), accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    source = _source(
+        tokenizer,
+        [task],
+        Config(),
+        "none",
+        RolloutConfig(max_new_tokens=200, max_total_tokens=3000, max_messages=20),
+        RLConfig(num_generations=2),
+    )
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(global_step=0),
+        model=model,
+        use_vllm=True,
+        vllm_generation=Engine(),
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+    )
     out = source([task.id, task.id], trainer)
     assert out["success"] == [1.0, 1.0]  # the expert's messages, played through the engine
     assert len(seen) == len(expert) and all(len(batch) == 2 for batch in seen)

@@ -28,8 +28,15 @@ GPU_RULES = {"warmup", "train", "evaluate"}
 CPU_RULES = {"prepare", "mlflow_init", "aggregate"}
 # One cell, one seed, a few steps of everything: 11 Slurm jobs.
 TINY = {
-    "sweep": {"name": "slurm", "signals": ["none"], "schemes": ["rl"], "learning_rates": [1.0e-3], "seeds": [0],
-              "exclude": [], "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-3}},
+    "sweep": {
+        "name": "slurm",
+        "signals": ["none"],
+        "schemes": ["rl"],
+        "learning_rates": [1.0e-3],
+        "seeds": [0],
+        "exclude": [],
+        "baseline": {"signal": "none", "scheme": "rl", "lr": 1.0e-3},
+    },
     "world": {"n_warmup_tasks": 200, "n_rl_tasks": 20, "n_eval_tasks": 4},
     "warmup": {"steps": 4, "echo_steps": 2, "echo_replay_until": 3, "eval_every": 0, "batch_size": 4},
     "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2},
@@ -55,7 +62,9 @@ def slurm(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("slurm-daemons")
     env = _daemons_env(logdir)
     try:
-        p = subprocess.run(["bash", str(SCRIPT), "start"], check=False, capture_output=True, text=True, env=env, timeout=900)
+        p = subprocess.run(
+            ["bash", str(SCRIPT), "start"], check=False, capture_output=True, text=True, env=env, timeout=900
+        )
         if p.returncode != 0:
             pytest.fail(f"scripts/ci_slurm.sh start failed:\n{p.stdout}\n{p.stderr}")
         yield logdir
@@ -73,12 +82,31 @@ def sweep(slurm, tmp_path_factory):
     env = {**SNAKEMAKE_ENV, "TOOLRL_SLURM_PARTITION": "debug", "TOOLRL_SLURM_STATUS_COMMAND": "squeue"}
     env.pop("TOOLRL_SLURM_ACCOUNT", None)
     p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "smoke.yaml"), str(tiny),
-         "--workflow-profile", str(PROFILE), "--verbose",
-         # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
-         "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"],
-        check=False, capture_output=True, text=True, env=env, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(ROOT / "config" / "smoke.yaml"),
+            str(tiny),
+            "--workflow-profile",
+            str(PROFILE),
+            "--verbose",
+            # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--slurm-keep-successful-logs",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
     )
     out = p.stdout + p.stderr  # Snakemake logs to both
     if p.returncode != 0:
@@ -91,11 +119,25 @@ def test_profile_reads_partition_account_and_gpus_without_slurm(tmp_path):
     """A dry run needs no Slurm: the profile's environment lookups and the config's resources."""
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(ROOT / "config.yaml"), str(tmp_path / "tiny.yaml"), "-n",
-           "--workflow-profile", str(PROFILE)]
-    for extra, partition, account in (({"TOOLRL_SLURM_PARTITION": "gpu-a100", "TOOLRL_SLURM_ACCOUNT": "1234"},
-                                       "gpu-a100", "1234"), ({}, "", "")):
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        str(tmp_path / "tiny.yaml"),
+        "-n",
+        "--workflow-profile",
+        str(PROFILE),
+    ]
+    for extra, partition, account in (
+        ({"TOOLRL_SLURM_PARTITION": "gpu-a100", "TOOLRL_SLURM_ACCOUNT": "1234"}, "gpu-a100", "1234"),
+        ({}, "", ""),
+    ):
         env = {k: v for k, v in SNAKEMAKE_ENV.items() if not k.startswith("TOOLRL_SLURM_")} | extra
         p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -133,9 +175,21 @@ def test_sbatch_flags_carry_the_resources(sweep):
     calls = _sbatch_calls(out)
     assert set(calls) == GPU_RULES | CPU_RULES, sorted(calls)
     assert {r: len(c) for r, c in calls.items()} == {
-        "prepare": 1, "mlflow_init": 1, "warmup": 1, "train": 1, "evaluate": 3 + 3, "aggregate": 1}  # cell, base
-    expect = {"warmup": (1000, 10), "train": (1000, 10), "evaluate": (500, 5),
-              "prepare": (2000, 30), "mlflow_init": (2000, 30), "aggregate": (2000, 30)}
+        "prepare": 1,
+        "mlflow_init": 1,
+        "warmup": 1,
+        "train": 1,
+        "evaluate": 3 + 3,
+        "aggregate": 1,
+    }  # cell, base
+    expect = {
+        "warmup": (1000, 10),
+        "train": (1000, 10),
+        "evaluate": (500, 5),
+        "prepare": (2000, 30),
+        "mlflow_init": (2000, 30),
+        "aggregate": (2000, 30),
+    }
     for rule, lines in calls.items():
         mem, minutes = expect[rule]
         for line in lines:
@@ -155,8 +209,9 @@ def test_each_job_was_its_own_slurm_job(sweep):
     n_calls = sum(len(c) for c in _sbatch_calls(out).values())
     ids = set(re.findall(r"submitted with SLURM jobid (\d+)", out))
     assert len(ids) == n_calls, out[-3000:]
-    q = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True, timeout=30,
-                       check=True).stdout
+    q = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     jobs = {i: (state, comment) for i, state, comment in (line.split("|", 2) for line in q.split())}
     assert ids <= set(jobs), (ids, jobs)
     assert {jobs[i][0] for i in ids} == {"COMPLETED"}, jobs

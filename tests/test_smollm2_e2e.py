@@ -11,7 +11,7 @@ from conftest import ROOT, run_sweep
 
 pytest.importorskip("gguf")
 
-from toolrl.models import gguf  # noqa: E402
+from toolrl.models import gguf
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,14 @@ def sweep(tmp_path_factory):
         pytest.skip(str(e))
     work = tmp_path_factory.mktemp("smollm2")
     small = {
-        "sweep": {"name": "smollm2-small", "signals": ["none"], "schemes": ["rl"], "learning_rates": [1e-5],
-                  "seeds": [0], "baseline": {"signal": "none", "scheme": "rl", "lr": 1e-5}},
+        "sweep": {
+            "name": "smollm2-small",
+            "signals": ["none"],
+            "schemes": ["rl"],
+            "learning_rates": [1e-5],
+            "seeds": [0],
+            "baseline": {"signal": "none", "scheme": "rl", "lr": 1e-5},
+        },
         "world": {"n_warmup_tasks": 40, "n_rl_tasks": 8, "n_eval_tasks": 2},
         "warmup": {"steps": 2, "batch_size": 2, "warmup_steps": 0},
         "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2},

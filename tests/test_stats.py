@@ -378,10 +378,13 @@ RLIABLE_X = [[0.9, 0.40, 0.55], [0.7, 0.35, 0.60], [0.8, 0.50, 0.45], [0.6, 0.45
 RLIABLE_Y = [[0.5, 0.45, 0.30], [0.6, 0.20, 0.35], [0.4, 0.30, 0.50], [0.55, 0.25, 0.40]]
 
 
-@pytest.mark.parametrize("scores,expected", [
-    (RLIABLE_X, (0.5777777777777778, 0.5277777777777778, 0.6333333333333333)),
-    (RLIABLE_Y, (0.4, 0.3416666666666666, 0.4666666666666666)),
-])
+@pytest.mark.parametrize(
+    "scores,expected",
+    [
+        (RLIABLE_X, (0.5777777777777778, 0.5277777777777778, 0.6333333333333333)),
+        (RLIABLE_Y, (0.4, 0.3416666666666666, 0.4666666666666666)),
+    ],
+)
 def test_iqm_interval_matches_rliable(scores, expected):
     r = iqm_interval(scores, n_resamples=20000)
     assert r["iqm"] == pytest.approx(expected[0], abs=1e-12)

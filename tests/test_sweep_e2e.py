@@ -99,8 +99,17 @@ def test_snakemake_report_holds_the_tables_and_plots(sweep):
     p = snakemake(d.parents[1], ROOT / "config/smoke.yaml", args=("--report", str(out)))
     assert p.returncode == 0, p.stderr[-3000:]
     html = out.read_text()
-    for name in ("main.md", "effects.md", "schemes.md", "lr.md", "categories.md", "success.png", "curves.png",
-                 "lr.png", "profiles.png"):
+    for name in (
+        "main.md",
+        "effects.md",
+        "schemes.md",
+        "lr.md",
+        "categories.md",
+        "success.png",
+        "curves.png",
+        "lr.png",
+        "profiles.png",
+    ):
         assert name in html
     assert "restored" in html  # a caption made it in (main_table.rst)
     assert out.stat().st_size > 100_000

@@ -267,7 +267,11 @@ def test_a_rerun_job_supersedes_its_killed_attempts(store: dict[str, Any]) -> No
     assert status(killed) == "KILLED"
     assert client.get_run(killed.run_id).data.tags["superseded_by"] == rerun.run_id
     assert (status(rerun), status(failed), status(other_config), status(other_job)) == (
-        "FINISHED", "FAILED", "FINISHED", "RUNNING")
+        "FINISHED",
+        "FAILED",
+        "FINISHED",
+        "RUNNING",
+    )
 
     # Finished, but Snakemake was killed before it recorded the job: the next attempt supersedes it.
     with RunLogger(uri, experiment_id, "a", tags, {"config_hash": "h"}, job=job) as again:
@@ -275,7 +279,8 @@ def test_a_rerun_job_supersedes_its_killed_attempts(store: dict[str, Any]) -> No
     assert (status(rerun), status(again)) == ("KILLED", "FINISHED")
     runs = client.search_runs([experiment_id], filter_string=f"tags.job = '{job}'")
     assert Counter((r.data.params["config_hash"], r.info.status) for r in runs) == Counter(
-        {("h", "KILLED"): 2, ("h", "FINISHED"): 1, ("h", "FAILED"): 1, ("old", "FINISHED"): 1})
+        {("h", "KILLED"): 2, ("h", "FINISHED"): 1, ("h", "FAILED"): 1, ("old", "FINISHED"): 1}
+    )
 
 
 def test_resuming_again_logs_no_value_twice(store: dict[str, Any]) -> None:

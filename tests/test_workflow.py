@@ -20,9 +20,25 @@ ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.e
 
 def snakemake(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp),
-         "--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args],
-        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=300,
     )
 
 
@@ -60,7 +76,8 @@ def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
     assert len(shells) == 39
     base = [s for s in shells if " --run base " in s]
     assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
-        f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")]
+        f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")
+    ]
     assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
     cell = "signal=sft/scheme=synchronous/lr=1e-3/seed=2"
     mine = [s for s in shells if f" --run runs/{cell} " in s]
@@ -91,13 +108,19 @@ def test_aggregate_writes_exactly_the_list(tmp_path):
     before = {f for f in tmp_path.rglob("*") if f.is_file()}
     aggregate(tmp_path, BASELINE, n_resamples=50)
     written = {f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*") if f.is_file()} - {
-        f.relative_to(tmp_path).as_posix() for f in before}
+        f.relative_to(tmp_path).as_posix() for f in before
+    }
     assert written == {o.path for o in OUTPUTS}
 
 
 def test_config_overrides_reshape_the_grid(workdir):
-    p = snakemake(workdir, "-n", "--config", "sweep={'seeds': [0, 1, 2, 3, 4], 'learning_rates': [1e-4, 1e-3], "
-                  "'exclude': [], 'baseline': {'signal': 'none'}}")
+    p = snakemake(
+        workdir,
+        "-n",
+        "--config",
+        "sweep={'seeds': [0, 1, 2, 3, 4], 'learning_rates': [1e-4, 1e-3], "
+        "'exclude': [], 'baseline': {'signal': 'none'}}",
+    )
     assert p.returncode == 0, p.stderr
     assert job_counts(p.stdout)["train"] == 3 * 5 * 2
 
@@ -126,17 +149,29 @@ def test_all_signals_and_schemes_build_exactly_the_meaningful_cells(workdir):
     assert counts["train"] == 10 * 3 * 3  # 10 meaningful signal × scheme pairs, 3 lrs, 3 seeds
     assert counts["evaluate"] == 3 * counts["train"] + 3  # and the base model
     built = set(re.findall(r"signal=(\w+)/scheme=(\w+)/lr=", p.stdout))
-    assert built == {("none", "rl"), ("sft", "sequential"), ("sft", "synchronous"), ("sft", "interleaved"),
-                     ("ops", "rl"), ("hbg", "rl"), ("ets", "interleaved"), ("prs", "interleaved"),
-                     ("ctrl", "rl"), ("void_filter", "rl")}
+    assert built == {
+        ("none", "rl"),
+        ("sft", "sequential"),
+        ("sft", "synchronous"),
+        ("sft", "interleaved"),
+        ("ops", "rl"),
+        ("hbg", "rl"),
+        ("ets", "interleaved"),
+        ("prs", "interleaved"),
+        ("ctrl", "rl"),
+        ("void_filter", "rl"),
+    }
 
 
-@pytest.mark.parametrize("preset, extra, trains, converts", [
-    ("bfcl-qwen2.5-1.5b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
-    ("bfcl-qwen3-1.7b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
-    ("smollm2-135m.yaml", None, 18, 1),
-    ("bfcl-smollm2-135m.yaml", None, 18, 1),
-])
+@pytest.mark.parametrize(
+    "preset, extra, trains, converts",
+    [
+        ("bfcl-qwen2.5-1.5b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
+        ("bfcl-qwen3-1.7b.yaml", "world={'bfcl': {'acebench': {'path': '.'}}}", 30, 0),
+        ("smollm2-135m.yaml", None, 18, 1),
+        ("bfcl-smollm2-135m.yaml", None, 18, 1),
+    ],
+)
 def test_every_preset_plans(workdir, preset, extra, trains, converts):
     """The real-model presets validate and plan: the paper's 10 pairs × 3 seeds for Qwen (given
     an ACEBench checkout), and a GGUF conversion before the warm-up for SmolLM2."""

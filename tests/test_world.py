@@ -6,10 +6,10 @@ import random
 import pytest
 
 from toolrl.config import WorldConfig
-from toolrl.envs.data import make_splits
-from toolrl.envs.base import Call, Task
-from toolrl.envs.synthetic import DOMAINS, Bank, make_task, signature
 from toolrl.core.episode import Episode, expert_messages
+from toolrl.envs.base import Call, Task
+from toolrl.envs.data import make_splits
+from toolrl.envs.synthetic import DOMAINS, Bank, make_task, signature
 from toolrl.formats import get_format
 
 
@@ -118,8 +118,16 @@ def test_only_declared_tools_dispatch(name):
 
 
 @pytest.mark.parametrize(
-    "args", [{"amount": 5}, {"amount": 5, "to": "Ben", "x": 1}, {"amount": "5", "to": "Ben"},
-             {"amount": 50, "to": "Ben"}, {"amount": True, "to": "Ben"}, {"amount": 5, "to": "Zed"}, [5, "Ben"]]
+    "args",
+    [
+        {"amount": 5},
+        {"amount": 5, "to": "Ben", "x": 1},
+        {"amount": "5", "to": "Ben"},
+        {"amount": 50, "to": "Ben"},
+        {"amount": True, "to": "Ben"},
+        {"amount": 5, "to": "Zed"},
+        [5, "Ben"],
+    ],
 )
 def test_arguments_are_checked_against_the_schema(args):
     env = DOMAINS["bank"]({})

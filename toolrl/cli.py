@@ -33,13 +33,27 @@ def _config(args: argparse.Namespace) -> Config:
     return load(args.config)
 
 
-def _tracker(cfg: Config, experiment: Path, run_name: str, tags: dict[str, str], params: dict[str, Any],
-             run_id: str | None = None, job: str | None = None):
+def _tracker(
+    cfg: Config,
+    experiment: Path,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    run_id: str | None = None,
+    job: str | None = None,
+):
     from toolrl import tracking
 
     exp = tracking.read_experiment(experiment)
-    return tracking.RunLogger(exp["tracking_uri"], exp["experiment_id"], run_name,
-                              {"sweep": cfg.sweep.name, **tags}, params, run_id=run_id, job=job)
+    return tracking.RunLogger(
+        exp["tracking_uri"],
+        exp["experiment_id"],
+        run_name,
+        {"sweep": cfg.sweep.name, **tags},
+        params,
+        run_id=run_id,
+        job=job,
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -51,12 +65,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     # Counts the config cannot know before the data is read (held-out classes, skipped ACEBench tasks).
     where = plugins.backends()[cfg.world.backend].settings
     if len(splits["rl"]) < cfg.rl.prompts_per_step:
-        raise ConfigError(f"config key '{where}': {len(splits['rl'])} RL tasks, fewer than rl.prompts_per_step "
-                          f"({cfg.rl.prompts_per_step})")
+        raise ConfigError(
+            f"config key '{where}': {len(splits['rl'])} RL tasks, fewer than rl.prompts_per_step "
+            f"({cfg.rl.prompts_per_step})"
+        )
     for name in ("id", "content_ood"):
         if not splits[name]:
-            raise ConfigError(f"config key '{where}': the {name} split is empty (held_out_classes, "
-                              "acebench.categories without a user?)")
+            raise ConfigError(
+                f"config key '{where}': the {name} split is empty (held_out_classes, "
+                "acebench.categories without a user?)"
+            )
     write_splits(splits, Path(args.out))
     log.info("tasks: %s", {k: len(v) for k, v in splits.items()})
 
@@ -68,8 +86,13 @@ def cmd_convert_model(args: argparse.Namespace) -> None:
     models.set_threads(args.threads)
     cfg = _config(args)
     report = gguf.convert(str(cfg.model.name_or_path), Path(args.out))
-    log.info("converted %s: %.1f M parameters in %.0f s, max |logit difference| %.2g", report["gguf"],
-             report["parameters"] / 1e6, report["seconds"], report["max_abs_logit_diff"])
+    log.info(
+        "converted %s: %.1f M parameters in %.0f s, max |logit difference| %.2g",
+        report["gguf"],
+        report["parameters"] / 1e6,
+        report["seconds"],
+        report["max_abs_logit_diff"],
+    )
 
 
 def cmd_mlflow_init(args: argparse.Namespace) -> None:
@@ -89,8 +112,14 @@ def cmd_warmup(args: argparse.Namespace) -> None:
     cfg = _config(args)
     out = Path(args.out)
     report = warmup.run(cfg, Path(args.data), out, pretrained=args.pretrained)
-    with _tracker(cfg, Path(args.experiment), "warmup", {"stage": "warmup"},
-                  {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")}, job="warmup") as run:
+    with _tracker(
+        cfg,
+        Path(args.experiment),
+        "warmup",
+        {"stage": "warmup"},
+        {"config_hash": config_hash(cfg), **sections(cfg, "warmup", "model")},
+        job="warmup",
+    ) as run:
         for point in report["loss"]:
             run.log_metrics({"warmup/loss": point["loss"]}, step=point["step"])
         for point in report["curve"]:
@@ -101,8 +130,12 @@ def cmd_warmup(args: argparse.Namespace) -> None:
         run.flush()
         write_json(out / "warmup.json", report)  # before the run is FINISHED: see cmd_train
     if report["curve"]:
-        log.info("warm-up: %d steps in %.0f s; id success %.1f%%", report["steps"], report["train_seconds"],
-                 100 * report["curve"][-1]["id_success"])
+        log.info(
+            "warm-up: %d steps in %.0f s; id success %.1f%%",
+            report["steps"],
+            report["train_seconds"],
+            100 * report["curve"][-1]["id_success"],
+        )
 
 
 def _cell(args: argparse.Namespace) -> Cell:
@@ -120,10 +153,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", rows.append)
     # The config sections this job read, flattened by MLflow.
-    params = {"config_hash": config_hash(cfg), "signal": cell.signal, "scheme": cell.scheme, "lr": cell.lr,
-              "seed": cell.seed, **sections(cfg, *cell_sections(cell.signal, cell.scheme))}
-    tags = {"stage": "train", "cell": cell.path, "signal": cell.signal, "scheme": cell.scheme,
-            "lr": str(cell.lr), "seed": str(cell.seed)}
+    params = {
+        "config_hash": config_hash(cfg),
+        "signal": cell.signal,
+        "scheme": cell.scheme,
+        "lr": cell.lr,
+        "seed": cell.seed,
+        **sections(cfg, *cell_sections(cell.signal, cell.scheme)),
+    }
+    tags = {
+        "stage": "train",
+        "cell": cell.path,
+        "signal": cell.signal,
+        "scheme": cell.scheme,
+        "lr": str(cell.lr),
+        "seed": str(cell.seed),
+    }
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params, job=cell.path) as run:
         for row in rows:
             run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
@@ -158,8 +203,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate.run_split(model, tokenizer, cfg, args.split, read_tasks(Path(args.data) / f"{stem}.jsonl"))
     result = {"cell": cell.__dict__ if cell else None, **result, "seconds": round(time.perf_counter() - t0, 1)}
     write_json(Path(args.out), result)
-    log.info("%s on %s: %.1f%% success (%d tasks)", cell.path if cell else "base", args.split,
-             100 * result["success_rate"], result["n"])
+    log.info(
+        "%s on %s: %.1f%% success (%d tasks)",
+        cell.path if cell else "base",
+        args.split,
+        100 * result["success_rate"],
+        result["n"],
+    )
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -168,8 +218,17 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     a = cfg.aggregate
-    summary = report.aggregate(cfg.sweep_dir, cfg.sweep.baseline.__dict__, SPLITS, a.confidence, a.n_resamples,
-                               a.correction, seed=cfg.world.seed, diagnostics=cfg.diagnostics, paper=a.paper)
+    summary = report.aggregate(
+        cfg.sweep_dir,
+        cfg.sweep.baseline.__dict__,
+        SPLITS,
+        a.confidence,
+        a.n_resamples,
+        a.correction,
+        seed=cfg.world.seed,
+        diagnostics=cfg.diagnostics,
+        paper=a.paper,
+    )
     exp = tracking.read_experiment(Path(args.experiment))
     _log_evaluations(cfg, Path(args.experiment))
     for g in summary["groups"]:
@@ -189,7 +248,8 @@ def _log_evaluations(cfg: Config, experiment: Path) -> None:
 
     sweep = cfg.sweep_dir
     runs = [(sweep / "base", sweep / "base" / "warmup.json")] + [
-        (sweep / "runs" / c.path, sweep / "runs" / c.path / "run.json") for c in grid(cfg)]
+        (sweep / "runs" / c.path, sweep / "runs" / c.path / "run.json") for c in grid(cfg)
+    ]
     logged: list[tuple[str, dict[str, float]]] = []
     for run_dir, info in runs:
         metrics: dict[str, float] = {}
@@ -245,17 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     stage("mlflow-init", "create the MLflow store and experiment once", cmd_mlflow_init, "out")
     wu = stage("warmup", "build and SFT the base model", cmd_warmup, "data", "experiment", "out")
     wu.add_argument("--pretrained", default=None, help="the converted checkpoint to start from (GGUF models)")
-    stage("train", "train one grid cell", cmd_train, "data", "base", "experiment", "out",
-          "signal", "scheme", "lr", "seed")
+    stage(
+        "train", "train one grid cell", cmd_train, "data", "base", "experiment", "out", "signal", "scheme", "lr", "seed"
+    )
     ev = stage("evaluate", "greedy evaluation of one model on one split", cmd_evaluate, "data", "model", "out")
     ev.add_argument("--split", required=True, choices=SPLITS)
-    ev.add_argument("--run", required=True, help="base (the warm-up model) or runs/<cell path>, e.g. "
-                    "runs/signal=sft/scheme=synchronous/lr=1e-3/seed=0")
+    ev.add_argument(
+        "--run",
+        required=True,
+        help="base (the warm-up model) or runs/<cell path>, e.g. runs/signal=sft/scheme=synchronous/lr=1e-3/seed=0",
+    )
     stage("aggregate", "statistics, tables and plots over the sweep", cmd_aggregate, "experiment")
-    sub.add_parser("signals", help="list the installed signals and schemes, and what each pairs with"
-                   ).set_defaults(fn=cmd_signals)
-    sub.add_parser("schema", help="print the config's JSON schema (YAML), generated from the config dataclasses "
-                   "with the installed plugins' sections").set_defaults(fn=cmd_schema)
+    sub.add_parser("signals", help="list the installed signals and schemes, and what each pairs with").set_defaults(
+        fn=cmd_signals
+    )
+    sub.add_parser(
+        "schema",
+        help="print the config's JSON schema (YAML), generated from the config dataclasses "
+        "with the installed plugins' sections",
+    ).set_defaults(fn=cmd_schema)
     return p
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,28 +37,55 @@ class ConfigError(ValueError):
 class CellFilter:
     """A partial cell; a cell matches when every given field is equal."""
 
-    signal: Optional[str] = field(default=None, metadata={'choices': 'signals'})
-    scheme: Optional[str] = field(default=None, metadata={'choices': 'schemes'})
-    lr: Optional[float] = field(default=None, metadata={'exclusiveMinimum': 0})
-    seed: Optional[int] = field(default=None, metadata={'minimum': 0})
+    signal: str | None = field(default=None, metadata={"choices": "signals"})
+    scheme: str | None = field(default=None, metadata={"choices": "schemes"})
+    lr: float | None = field(default=None, metadata={"exclusiveMinimum": 0})
+    seed: int | None = field(default=None, metadata={"minimum": 0})
 
 
 @dataclass
 class SweepConfig:
-    name: str = field(default="default", metadata={'pattern': '^[A-Za-z0-9_.-]+$'})
-    signals: list[str] = field(default_factory=lambda: ["none", "sft"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'choices': 'signals'}})
-    schemes: list[str] = field(default_factory=lambda: ["rl", "sequential"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'choices': 'schemes'}})
-    learning_rates: list[float] = field(default_factory=lambda: [1e-4], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'exclusiveMinimum': 0}})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'minimum': 0}})
+    name: str = field(default="default", metadata={"pattern": "^[A-Za-z0-9_.-]+$"})
+    signals: list[str] = field(
+        default_factory=lambda: ["none", "sft"],
+        metadata={"minItems": 1, "uniqueItems": True, "items": {"choices": "signals"}},
+    )
+    schemes: list[str] = field(
+        default_factory=lambda: ["rl", "sequential"],
+        metadata={"minItems": 1, "uniqueItems": True, "items": {"choices": "schemes"}},
+    )
+    learning_rates: list[float] = field(
+        default_factory=lambda: [1e-4], metadata={"minItems": 1, "uniqueItems": True, "items": {"exclusiveMinimum": 0}}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"minItems": 1, "uniqueItems": True, "items": {"minimum": 0}}
+    )
     # Only these pairs are built; `exclude` drops further cells (e.g. one lr for one signal).
-    pairs: dict[str, list[str]] = field(default_factory=plugins.default_pairs, metadata={'help': 'the meaningful signal × scheme pairs; only these cells are built', 'keys': 'signals', 'values': {'items': {'choices': 'schemes'}, 'uniqueItems': True}})
-    exclude: list[CellFilter] = field(default_factory=list, metadata={'help': 'cells to drop besides the pairs that are not meaningful'})
+    pairs: dict[str, list[str]] = field(
+        default_factory=plugins.default_pairs,
+        metadata={
+            "help": "the meaningful signal × scheme pairs; only these cells are built",
+            "keys": "signals",
+            "values": {"items": {"choices": "schemes"}, "uniqueItems": True},
+        },
+    )
+    exclude: list[CellFilter] = field(
+        default_factory=list, metadata={"help": "cells to drop besides the pairs that are not meaningful"}
+    )
     baseline: CellFilter = field(default_factory=lambda: CellFilter(signal="none", scheme="rl"))
 
 
 BFCL_CATEGORIES = ("base", "miss_param", "miss_func", "long_context")
-BFCL_CLASSES = ("GorillaFileSystem", "MathAPI", "MessageAPI", "TwitterAPI", "TicketAPI", "TradingBot", "TravelAPI",
-                "VehicleControlAPI")
+BFCL_CLASSES = (
+    "GorillaFileSystem",
+    "MathAPI",
+    "MessageAPI",
+    "TwitterAPI",
+    "TicketAPI",
+    "TradingBot",
+    "TravelAPI",
+    "VehicleControlAPI",
+)
 
 
 @dataclass
@@ -67,9 +94,15 @@ class ACEBenchConfig:
     data_all/ and model_inference/). multi_turn tasks need a simulated user: `user` is an LLM
     (kind hf or openai, as a PRS judge); without one they are skipped with a message."""
 
-    path: Optional[str] = field(default=None, metadata={'help': 'an ACEBench checkout (content_ood)'})
-    categories: list[str] = field(default_factory=lambda: ["multi_step", "multi_turn"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['multi_step', 'multi_turn']}})
-    user: Optional["JudgeConfig"] = field(default=None, metadata={'help': 'the simulated user of multi_turn tasks (an LLM: kind hf or openai); null skips them'})
+    path: str | None = field(default=None, metadata={"help": "an ACEBench checkout (content_ood)"})
+    categories: list[str] = field(
+        default_factory=lambda: ["multi_step", "multi_turn"],
+        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["multi_step", "multi_turn"]}},
+    )
+    user: JudgeConfig | None = field(
+        default=None,
+        metadata={"help": "the simulated user of multi_turn tasks (an LLM: kind hf or openai); null skips them"},
+    )
 
 
 @dataclass
@@ -81,81 +114,130 @@ class BFCLConfig:
     ACEBench when `acebench.path` is set; otherwise the test tasks that involve a
     `held_out_classes` API class (tasks with such a class then leave the train and id splits)."""
 
-    train_categories: list[str] = field(default_factory=lambda: ["base", "miss_param", "miss_func"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['base', 'miss_param', 'miss_func', 'long_context']}})
-    test_categories: list[str] = field(default_factory=lambda: list(BFCL_CATEGORIES), metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['base', 'miss_param', 'miss_func', 'long_context']}})
-    split_seed: int = field(default=42, metadata={'help': "seed of the scenario shuffle (42: the paper's split)"})
-    n_train: int = field(default=100, metadata={'help': 'train scenarios per category', 'minimum': 1, 'maximum': 100})
-    n_test: int = field(default=100, metadata={'help': 'test scenarios per category', 'minimum': 1, 'maximum': 100})
-    held_out_classes: list[str] = field(default_factory=list, metadata={'help': 'API classes whose tasks form content_ood when no ACEBench checkout is given', 'uniqueItems': True})
+    train_categories: list[str] = field(
+        default_factory=lambda: ["base", "miss_param", "miss_func"],
+        metadata={
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["base", "miss_param", "miss_func", "long_context"]},
+        },
+    )
+    test_categories: list[str] = field(
+        default_factory=lambda: list(BFCL_CATEGORIES),
+        metadata={
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["base", "miss_param", "miss_func", "long_context"]},
+        },
+    )
+    split_seed: int = field(default=42, metadata={"help": "seed of the scenario shuffle (42: the paper's split)"})
+    n_train: int = field(default=100, metadata={"help": "train scenarios per category", "minimum": 1, "maximum": 100})
+    n_test: int = field(default=100, metadata={"help": "test scenarios per category", "minimum": 1, "maximum": 100})
+    held_out_classes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "API classes whose tasks form content_ood when no ACEBench checkout is given",
+            "uniqueItems": True,
+        },
+    )
     acebench: ACEBenchConfig = field(default_factory=ACEBenchConfig)
 
 
 @dataclass
 class WorldConfig:
-    backend: str = field(default="synthetic", metadata={'help': 'synthetic: the embedded world; bfcl: BFCL multi-turn from the bfcl-eval package', 'choices': 'backends'})
+    backend: str = field(
+        default="synthetic",
+        metadata={
+            "help": "synthetic: the embedded world; bfcl: BFCL multi-turn from the bfcl-eval package",
+            "choices": "backends",
+        },
+    )
     seed: int = 1234
-    train_domains: list[str] = field(default_factory=lambda: ["bank", "calendar", "home"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['bank', 'calendar', 'home', 'social']}})
-    ood_domains: list[str] = field(default_factory=lambda: ["social"], metadata={'minItems': 1, 'uniqueItems': True, 'items': {'enum': ['bank', 'calendar', 'home', 'social']}})
-    train_format: str = field(default="json", metadata={'choices': 'formats'})
-    ood_format: str = field(default="python", metadata={'choices': 'formats'})
+    train_domains: list[str] = field(
+        default_factory=lambda: ["bank", "calendar", "home"],
+        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["bank", "calendar", "home", "social"]}},
+    )
+    ood_domains: list[str] = field(
+        default_factory=lambda: ["social"],
+        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["bank", "calendar", "home", "social"]}},
+    )
+    train_format: str = field(default="json", metadata={"choices": "formats"})
+    ood_format: str = field(default="python", metadata={"choices": "formats"})
     # "compact": one line of signatures (cheap for the tiny model); "full": JSON-schema docs.
-    prompt_style: str = field(default="compact", metadata={'enum': ['compact', 'full']})
-    n_warmup_tasks: int = field(default=10000, metadata={'minimum': 1})
-    n_rl_tasks: int = field(default=2000, metadata={'minimum': 1})
-    n_eval_tasks: int = field(default=64, metadata={'minimum': 1})
-    turns_choices: list[int] = field(default_factory=lambda: [1, 2, 2, 3], metadata={'minItems': 1, 'items': {'minimum': 1, 'maximum': 3}})
-    calls_choices: list[int] = field(default_factory=lambda: [1, 1, 2], metadata={'minItems': 1, 'items': {'minimum': 1, 'maximum': 2}})
+    prompt_style: str = field(default="compact", metadata={"enum": ["compact", "full"]})
+    n_warmup_tasks: int = field(default=10000, metadata={"minimum": 1})
+    n_rl_tasks: int = field(default=2000, metadata={"minimum": 1})
+    n_eval_tasks: int = field(default=64, metadata={"minimum": 1})
+    turns_choices: list[int] = field(
+        default_factory=lambda: [1, 2, 2, 3], metadata={"minItems": 1, "items": {"minimum": 1, "maximum": 3}}
+    )
+    calls_choices: list[int] = field(
+        default_factory=lambda: [1, 1, 2], metadata={"minItems": 1, "items": {"minimum": 1, "maximum": 2}}
+    )
     # Harder features (world options): a value copied from an earlier tool result, and a user
     # request that lacks a parameter, where the right move is to ask back and call nothing.
-    chain_prob: float = field(default=0.1, metadata={'help': 'share of turns whose value comes from a lookup tool', 'minimum': 0, 'maximum': 1})
-    ask_back_prob: float = field(default=0.1, metadata={'help': 'share of turns that lack a parameter (ask back)', 'minimum': 0, 'maximum': 1})
-    bfcl: BFCLConfig = field(default_factory=BFCLConfig, metadata={'help': 'the BFCL backend (world.backend bfcl)'})
+    chain_prob: float = field(
+        default=0.1,
+        metadata={"help": "share of turns whose value comes from a lookup tool", "minimum": 0, "maximum": 1},
+    )
+    ask_back_prob: float = field(
+        default=0.1, metadata={"help": "share of turns that lack a parameter (ask back)", "minimum": 0, "maximum": 1}
+    )
+    bfcl: BFCLConfig = field(default_factory=BFCLConfig, metadata={"help": "the BFCL backend (world.backend bfcl)"})
 
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = field(default=128, metadata={'minimum': 1})
-    num_layers: int = field(default=4, metadata={'minimum': 1})
-    num_heads: int = field(default=4, metadata={'minimum': 1})
-    num_kv_heads: int = field(default=2, metadata={'minimum': 1})
-    intermediate_size: int = field(default=384, metadata={'minimum': 1})
-    max_position_embeddings: int = field(default=1024, metadata={'minimum': 1})
+    hidden_size: int = field(default=128, metadata={"minimum": 1})
+    num_layers: int = field(default=4, metadata={"minimum": 1})
+    num_heads: int = field(default=4, metadata={"minimum": 1})
+    num_kv_heads: int = field(default=2, metadata={"minimum": 1})
+    intermediate_size: int = field(default=384, metadata={"minimum": 1})
+    max_position_embeddings: int = field(default=1024, metadata={"minimum": 1})
 
 
 @dataclass
 class ModelConfig:
     # None builds the tiny default from `tiny`; otherwise a hub id or a local checkpoint path.
-    name_or_path: Optional[str] = None
+    name_or_path: str | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # Qwen3's thinking switch, fixed in the base checkpoint's chat template (None: leave it).
-    enable_thinking: Optional[bool] = field(default=None, metadata={'help': "Qwen3's thinking mode, fixed in the base checkpoint's chat template"})
+    enable_thinking: bool | None = field(
+        default=None, metadata={"help": "Qwen3's thinking mode, fixed in the base checkpoint's chat template"}
+    )
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class WarmupConfig:
-    steps: int = field(default=600, metadata={'help': 'SFT steps (0: keep a pretrained model.name_or_path as it is)', 'minimum': 0})
-    learning_rate: float = field(default=3e-3, metadata={'exclusiveMinimum': 0})
-    warmup_steps: int = field(default=30, metadata={'minimum': 0})
-    batch_size: int = field(default=24, metadata={'minimum': 1})
-    echo_steps: int = field(default=150, metadata={'minimum': 0})
-    echo_replay_until: int = field(default=500, metadata={'minimum': 0})
-    echo_replay_per_batch: int = field(default=3, metadata={'minimum': 0})
-    value_weight: float = field(default=3.0, metadata={'minimum': 0})
+    steps: int = field(
+        default=600, metadata={"help": "SFT steps (0: keep a pretrained model.name_or_path as it is)", "minimum": 0}
+    )
+    learning_rate: float = field(default=3e-3, metadata={"exclusiveMinimum": 0})
+    warmup_steps: int = field(default=30, metadata={"minimum": 0})
+    batch_size: int = field(default=24, metadata={"minimum": 1})
+    echo_steps: int = field(default=150, metadata={"minimum": 0})
+    echo_replay_until: int = field(default=500, metadata={"minimum": 0})
+    echo_replay_per_batch: int = field(default=3, metadata={"minimum": 0})
+    value_weight: float = field(default=3.0, metadata={"minimum": 0})
     # Share of trajectories in world.train_format (the rest in the other syntax): a real model's
     # native call syntax dominates what it has seen too.
-    train_format_share: float = field(default=0.8, metadata={'help': 'share of trajectories in world.train_format', 'minimum': 0, 'maximum': 1})
-    eval_every: int = field(default=0, metadata={'help': 'steps between curve points (0: only at the end)', 'minimum': 0})
+    train_format_share: float = field(
+        default=0.8, metadata={"help": "share of trajectories in world.train_format", "minimum": 0, "maximum": 1}
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "steps between curve points (0: only at the end)", "minimum": 0}
+    )
 
 
 @dataclass
 class SFTConfig:
     """The supervised part of a training scheme (signal `sft`)."""
 
-    steps: int = field(default=40, metadata={'minimum': 1})
-    learning_rate: float = field(default=3e-4, metadata={'exclusiveMinimum': 0})
-    batch_size: int = field(default=16, metadata={'minimum': 1})
-    value_weight: float = field(default=3.0, metadata={'minimum': 0})
+    steps: int = field(default=40, metadata={"minimum": 1})
+    learning_rate: float = field(default=3e-4, metadata={"exclusiveMinimum": 0})
+    batch_size: int = field(default=16, metadata={"minimum": 1})
+    value_weight: float = field(default=3.0, metadata={"minimum": 0})
 
 
 @dataclass
@@ -164,20 +246,22 @@ class JudgeConfig:
     hf: a local causal LM (`model` is its path); openai: an OpenAI-compatible endpoint (`url`,
     `model`, and the key in the environment variable `api_key_env`)."""
 
-    kind: str = field(default="rule", metadata={'enum': ['rule', 'hf', 'openai']})
-    model: Optional[str] = field(default=None, metadata={'help': 'hf: a local checkpoint; openai: the model name'})
-    url: Optional[str] = field(default=None, metadata={'help': "openai: the endpoint's base URL (…/v1)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={'help': 'environment variable that holds the key'})
-    max_new_tokens: int = field(default=256, metadata={'minimum': 1})
-    timeout_s: float = field(default=60.0, metadata={'exclusiveMinimum': 0})
+    kind: str = field(default="rule", metadata={"enum": ["rule", "hf", "openai"]})
+    model: str | None = field(default=None, metadata={"help": "hf: a local checkpoint; openai: the model name"})
+    url: str | None = field(default=None, metadata={"help": "openai: the endpoint's base URL (…/v1)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable that holds the key"})
+    max_new_tokens: int = field(default=256, metadata={"minimum": 1})
+    timeout_s: float = field(default=60.0, metadata={"exclusiveMinimum": 0})
 
 
 @dataclass
 class ForbidRule:
     """Forbid `tokens` right after the token `after` ('' = at the first position of a message)."""
 
-    after: str = field(default="<tool_call>", metadata={'help': "the preceding token ('' = a message's first position)"})
-    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"], metadata={'minItems': 1, 'required': True})
+    after: str = field(
+        default="<tool_call>", metadata={"help": "the preceding token ('' = a message's first position)"}
+    )
+    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"], metadata={"minItems": 1, "required": True})
 
 
 def _default_forbid() -> list[ForbidRule]:
@@ -193,65 +277,105 @@ class DiagnosticsConfig:
     (absolute) from its start. `restore_splits` are evaluated a second time with `forbid`
     applied as a logit mask."""
 
-    window: int = field(default=2, metadata={'help': 'steps averaged by the collapse detector', 'minimum': 1})
-    reward_drop: float = field(default=0.5, metadata={'help': 'relative success drop that counts', 'maximum': 1, 'exclusiveMinimum': 0})
-    token_shift: float = field(default=0.3, metadata={'help': 'absolute control-token probability shift that counts', 'maximum': 1, 'exclusiveMinimum': 0})
-    restore_splits: list[str] = field(default_factory=lambda: ["id"], metadata={'uniqueItems': True, 'items': {'enum': ['id', 'format_ood', 'content_ood']}})
+    window: int = field(default=2, metadata={"help": "steps averaged by the collapse detector", "minimum": 1})
+    reward_drop: float = field(
+        default=0.5, metadata={"help": "relative success drop that counts", "maximum": 1, "exclusiveMinimum": 0}
+    )
+    token_shift: float = field(
+        default=0.3,
+        metadata={"help": "absolute control-token probability shift that counts", "maximum": 1, "exclusiveMinimum": 0},
+    )
+    restore_splits: list[str] = field(
+        default_factory=lambda: ["id"],
+        metadata={"uniqueItems": True, "items": {"enum": ["id", "format_ood", "content_ood"]}},
+    )
     forbid: list[ForbidRule] = field(default_factory=_default_forbid)
 
 
 @dataclass
 class RLConfig:
-    steps: int = field(default=8, metadata={'minimum': 1})
-    prompts_per_step: int = field(default=4, metadata={'minimum': 1})
-    num_generations: int = field(default=8, metadata={'minimum': 2})
-    beta: float = field(default=0.0, metadata={'minimum': 0})
-    temperature: float = field(default=1.0, metadata={'exclusiveMinimum': 0})
-    loss_type: str = field(default="dapo", metadata={'enum': ['grpo', 'dapo', 'dr_grpo', 'bnpo']})
+    steps: int = field(default=8, metadata={"minimum": 1})
+    prompts_per_step: int = field(default=4, metadata={"minimum": 1})
+    num_generations: int = field(default=8, metadata={"minimum": 2})
+    beta: float = field(default=0.0, metadata={"minimum": 0})
+    temperature: float = field(default=1.0, metadata={"exclusiveMinimum": 0})
+    loss_type: str = field(default="dapo", metadata={"enum": ["grpo", "dapo", "dr_grpo", "bnpo"]})
     # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
     # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
-    micro_batch_size: Optional[int] = field(default=None, metadata={'help': 'sequences per forward/backward pass (null: the whole batch); the gradient is accumulated over the step', 'minimum': 1})
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "sequences per forward/backward pass (null: the whole batch); the gradient is accumulated over the step",
+            "minimum": 1,
+        },
+    )
     # Sample GRPO rollouts with TRL's colocated vLLM engine: true, false, or null (where vLLM is
     # installed and a GPU is present). Greedy evaluation always uses transformers.
-    vllm: Optional[bool] = field(default=None, metadata={'help': "sample rollouts with TRL's colocated vLLM (null: where installed and a GPU is present)"})
+    vllm: bool | None = field(
+        default=None,
+        metadata={"help": "sample rollouts with TRL's colocated vLLM (null: where installed and a GPU is present)"},
+    )
 
 
 @dataclass
 class RolloutConfig:
-    max_messages: int = field(default=30, metadata={'minimum': 1})
-    max_new_tokens: int = field(default=64, metadata={'minimum': 1})
-    max_total_tokens: int = field(default=900, metadata={'minimum': 1})
+    max_messages: int = field(default=30, metadata={"minimum": 1})
+    max_new_tokens: int = field(default=64, metadata={"minimum": 1})
+    max_total_tokens: int = field(default=900, metadata={"minimum": 1})
     # Tool-calling messages per user turn before the episode is cut off.
-    max_rounds_per_turn: int = field(default=4, metadata={'help': 'tool-calling messages per user turn', 'minimum': 1})
+    max_rounds_per_turn: int = field(default=4, metadata={"help": "tool-calling messages per user turn", "minimum": 1})
     # An empty-ground-truth turn passes only if the model called nothing. false: such turns always
     # pass, as in the authors' reward (and BFCL's official checker, which never calls its
     # irrelevance check).
-    irrelevance_check: bool = field(default=True, metadata={'help': "an empty-ground-truth turn passes only without calls (false: the authors' looser reward)"})
+    irrelevance_check: bool = field(
+        default=True,
+        metadata={"help": "an empty-ground-truth turn passes only without calls (false: the authors' looser reward)"},
+    )
 
 
 @dataclass
 class AggregateConfig:
-    confidence: float = field(default=0.95, metadata={'exclusiveMinimum': 0, 'exclusiveMaximum': 1})
-    n_resamples: int = field(default=2000, metadata={'minimum': 1})
-    correction: str = field(default="holm", metadata={'help': 'multiple-testing correction across the groups compared with the baseline (bh = Benjamini–Hochberg)', 'enum': ['holm', 'bonferroni', 'bh', 'none']})  # holm | bonferroni | bh (Benjamini–Hochberg) | none
+    confidence: float = field(default=0.95, metadata={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
+    n_resamples: int = field(default=2000, metadata={"minimum": 1})
+    correction: str = field(
+        default="holm",
+        metadata={
+            "help": "multiple-testing correction across the groups compared with the baseline (bh = Benjamini–Hochberg)",
+            "enum": ["holm", "bonferroni", "bh", "none"],
+        },
+    )  # holm | bonferroni | bh (Benjamini–Hochberg) | none
     # A key of toolrl.paper.PUBLISHED: the paper's numbers beside ours in tables/main.* (None: none).
-    paper: Optional[str] = field(default=None, metadata={'help': 'published numbers to set beside ours (a key of toolrl.paper.PUBLISHED, e.g. hao2026-qwen2.5-1.5b)', 'choices': 'papers'})
+    paper: str | None = field(
+        default=None,
+        metadata={
+            "help": "published numbers to set beside ours (a key of toolrl.paper.PUBLISHED, e.g. hao2026-qwen2.5-1.5b)",
+            "choices": "papers",
+        },
+    )
 
 
 @dataclass
 class NumericsConfig:
     # A NaN or inf gradient: `stop` the job naming the step and cell, or `skip` that update.
     # Not part of any job's hash: it changes nothing in a run that stays finite.
-    on_nonfinite: str = field(default="stop", metadata={'help': 'a NaN or inf gradient stops the job (naming step and cell) or skips that update', 'enum': ['stop', 'skip']})
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "a NaN or inf gradient stops the job (naming step and cell) or skips that update",
+            "enum": ["stop", "skip"],
+        },
+    )
 
 
 @dataclass
 class MLflowConfig:
     # None: a sqlite store under results/<sweep>/mlflow.db.
-    tracking_uri: Optional[str] = None
-    experiment: Optional[str] = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
     # Also log each trained model (and the base model) as run artifacts: off by default, they are large.
-    log_models: bool = field(default=False, metadata={'help': 'also log each trained model (and the base model) as run artifacts (large)'})
+    log_models: bool = field(
+        default=False, metadata={"help": "also log each trained model (and the base model) as run artifacts (large)"}
+    )
 
 
 @dataclass
@@ -262,21 +386,37 @@ class ResourcesConfig:
     Python-bound generation loops overlap (measured: two evaluations 1.45× faster side by side
     than one after the other at 2 threads). The warm-up runs alone, so it takes more."""
 
-    threads: int = field(default=1, metadata={'help': "threads of each train and evaluate job (also torch's)", 'minimum': 1})
-    warmup_threads: int = field(default=2, metadata={'help': 'threads of the warm-up job', 'minimum': 1})
-    train_mem_mb: int = field(default=4000, metadata={'minimum': 1})
-    eval_mem_mb: int = field(default=2000, metadata={'minimum': 1})
+    threads: int = field(
+        default=1, metadata={"help": "threads of each train and evaluate job (also torch's)", "minimum": 1}
+    )
+    warmup_threads: int = field(default=2, metadata={"help": "threads of the warm-up job", "minimum": 1})
+    train_mem_mb: int = field(default=4000, metadata={"minimum": 1})
+    eval_mem_mb: int = field(default=2000, metadata={"minimum": 1})
     # GPUs per warm-up, train and evaluate job (Snakemake's `gpu` resource, which the Slurm
     # executor turns into `--gpus=N`); 0 for the CPU default. Wall-time limits in minutes
     # (Snakemake's `runtime`, Slurm's `-t`); a local run ignores them.
-    gpus: int = field(default=0, metadata={'help': "GPUs per warm-up, train and evaluate job (Snakemake's gpu resource: --gpus=N on Slurm); 0 on CPU", 'minimum': 0})
-    train_runtime: int = field(default=60, metadata={'help': "wall-time limit of the warm-up and each train job, in minutes (Slurm's -t; ignored locally)", 'minimum': 1})
-    eval_runtime: int = field(default=30, metadata={'help': 'wall-time limit of each evaluate job, in minutes', 'minimum': 1})
+    gpus: int = field(
+        default=0,
+        metadata={
+            "help": "GPUs per warm-up, train and evaluate job (Snakemake's gpu resource: --gpus=N on Slurm); 0 on CPU",
+            "minimum": 0,
+        },
+    )
+    train_runtime: int = field(
+        default=60,
+        metadata={
+            "help": "wall-time limit of the warm-up and each train job, in minutes (Slurm's -t; ignored locally)",
+            "minimum": 1,
+        },
+    )
+    eval_runtime: int = field(
+        default=30, metadata={"help": "wall-time limit of each evaluate job, in minutes", "minimum": 1}
+    )
 
 
 @dataclass
 class Config:
-    results_dir: str = field(default="results", metadata={'help': 'where every sweep writes'})
+    results_dir: str = field(default="results", metadata={"help": "where every sweep writes"})
     sweep: SweepConfig = field(default_factory=SweepConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -370,8 +510,11 @@ def validate(cfg: Config) -> None:
         for sch in pair_schemes:
             check(sch in schemes, f"sweep.pairs.{sig}", f"unknown scheme '{sch}' (choose from {', '.join(schemes)})")
             supported = signals[sig].schemes
-            check(sch in supported, f"sweep.pairs.{sig}",
-                  f"'{sig}' × '{sch}' means nothing here ('{sig}' pairs with {', '.join(supported)})")
+            check(
+                sch in supported,
+                f"sweep.pairs.{sig}",
+                f"'{sig}' × '{sch}' means nothing here ('{sig}' pairs with {', '.join(supported)})",
+            )
     check(len(sw.learning_rates) > 0, "sweep.learning_rates", "must not be empty")
     for lr in sw.learning_rates:
         check(lr > 0, "sweep.learning_rates", f"learning rate {lr} must be > 0")
@@ -381,11 +524,12 @@ def validate(cfg: Config) -> None:
         check(f.signal is None or f.signal in signals, f"{key}.signal", f"unknown signal '{f.signal}'")
         check(f.scheme is None or f.scheme in schemes, f"{key}.scheme", f"unknown scheme '{f.scheme}'")
     cells = grid(cfg)
-    check(len(cells) > 0, "sweep.signals",
-           "no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)")
     check(
-        any(c.matches(sw.baseline) for c in cells), "sweep.baseline", "matches no cell of the grid"
+        len(cells) > 0,
+        "sweep.signals",
+        "no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)",
     )
+    check(any(c.matches(sw.baseline) for c in cells), "sweep.baseline", "matches no cell of the grid")
     check(cfg.rl.num_generations >= 2, "rl.num_generations", "GRPO needs at least 2 generations per group")
     _validate_plugins(cfg)
     w = cfg.world
@@ -394,16 +538,21 @@ def validate(cfg: Config) -> None:
     backend = plugins.backends()[w.backend]
     backend.validate(cfg)
     n_rl = backend.rl_task_count(w)
-    check(n_rl is None or n_rl >= cfg.rl.prompts_per_step,
-          "world.n_rl_tasks" if backend.settings == "world" else f"{backend.settings}.n_train",
-          f"gives {n_rl} RL tasks, fewer than rl.prompts_per_step ({cfg.rl.prompts_per_step})")
+    check(
+        n_rl is None or n_rl >= cfg.rl.prompts_per_step,
+        "world.n_rl_tasks" if backend.settings == "world" else f"{backend.settings}.n_train",
+        f"gives {n_rl} RL tasks, fewer than rl.prompts_per_step ({cfg.rl.prompts_per_step})",
+    )
     formats = plugins.formats()
     for key, name in (("world.train_format", w.train_format), ("world.ood_format", w.ood_format)):
         check(name in formats, key, f"unknown format '{name}' (choose from {', '.join(formats)})")
     check(w.ood_format != w.train_format, "world.ood_format", "must differ from world.train_format")
     check(w.prompt_style in ("compact", "full"), "world.prompt_style", "choose from compact, full")
-    for key, p in (("world.chain_prob", w.chain_prob), ("world.ask_back_prob", w.ask_back_prob),
-                   ("warmup.train_format_share", cfg.warmup.train_format_share)):
+    for key, p in (
+        ("world.chain_prob", w.chain_prob),
+        ("world.ask_back_prob", w.ask_back_prob),
+        ("warmup.train_format_share", cfg.warmup.train_format_share),
+    ):
         check(0.0 <= p <= 1.0, key, "must be in [0, 1]")
     for key, val in (
         ("world.n_eval_tasks", w.n_eval_tasks),
@@ -423,26 +572,43 @@ def validate(cfg: Config) -> None:
     ):
         check(val > 0, key, f"must be > 0, got {val}")
     check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")
-    check(cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None), "warmup.steps",
-           f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}")
-    check(cfg.numerics.on_nonfinite in ("stop", "skip"), "numerics.on_nonfinite",
-           f"choose from stop, skip, got '{cfg.numerics.on_nonfinite}'")
+    check(
+        cfg.warmup.steps > 0 or (cfg.warmup.steps == 0 and cfg.model.name_or_path is not None),
+        "warmup.steps",
+        f"must be > 0 for the tiny default (0 keeps a pretrained checkpoint as it is), got {cfg.warmup.steps}",
+    )
+    check(
+        cfg.numerics.on_nonfinite in ("stop", "skip"),
+        "numerics.on_nonfinite",
+        f"choose from stop, skip, got '{cfg.numerics.on_nonfinite}'",
+    )
     check(cfg.rl.temperature > 0, "rl.temperature", f"must be > 0 (GRPO samples), got {cfg.rl.temperature}")
     batch = cfg.rl.prompts_per_step * cfg.rl.num_generations
     mb = cfg.rl.micro_batch_size
-    check(mb is None or (mb > 0 and batch % mb == 0), "rl.micro_batch_size",
-           f"must divide rl.prompts_per_step × rl.num_generations = {batch}, got {mb}")
+    check(
+        mb is None or (mb > 0 and batch % mb == 0),
+        "rl.micro_batch_size",
+        f"must divide rl.prompts_per_step × rl.num_generations = {batch}, got {mb}",
+    )
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
         check(lr > 0, key, f"learning rate {lr} must be > 0")
     check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
     check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
-    check(cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED, "aggregate.paper",
-           f"unknown '{cfg.aggregate.paper}' (choose from {', '.join(PUBLISHED)}, or null)")
-    check(_writable(Path(cfg.results_dir)), "results_dir",
-           f"'{cfg.results_dir}' cannot be created or written here (the sweep writes every output under it)")
+    check(
+        cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED,
+        "aggregate.paper",
+        f"unknown '{cfg.aggregate.paper}' (choose from {', '.join(PUBLISHED)}, or null)",
+    )
+    check(
+        _writable(Path(cfg.results_dir)),
+        "results_dir",
+        f"'{cfg.results_dir}' cannot be created or written here (the sweep writes every output under it)",
+    )
     if cfg.model.name_or_path is not None:
         p = Path(cfg.model.name_or_path)
-        looks_local = (cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()) and not cfg.model.name_or_path.startswith("pypi:")
+        looks_local = (
+            cfg.model.name_or_path.startswith((".", "/", "~")) or p.exists()
+        ) and not cfg.model.name_or_path.startswith("pypi:")
         check(not looks_local or p.exists(), "model.name_or_path", f"path '{p}' does not exist")
 
 
@@ -473,9 +639,14 @@ def _sections(kind: str) -> type:
 def _section_classes() -> dict[str, type]:
     out = {}
     for kind, registry in (("signals", plugins.signals()), ("schemes", plugins.schemes())):
-        out[kind] = make_dataclass(f"{kind.title()}Config", [
-            (name, cls.config, field(default_factory=cls.config, metadata={"help": cls.summary}))
-            for name, cls in registry.items() if cls.config is not None])
+        out[kind] = make_dataclass(
+            f"{kind.title()}Config",
+            [
+                (name, cls.config, field(default_factory=cls.config, metadata={"help": cls.summary}))
+                for name, cls in registry.items()
+                if cls.config is not None
+            ],
+        )
     return out
 
 
@@ -484,10 +655,14 @@ def config_class() -> type[Config]:
     """`Config` with its `signals` and `schemes` sections typed by the installed plugins: what a
     YAML file is loaded onto, so an unknown key or a wrong type inside them fails with its name."""
     sig, sch = _sections("signals"), _sections("schemes")
-    return make_dataclass("Config", [
-        ("signals", sig, field(default_factory=sig, metadata={"help": "what each supervisory signal adds"})),
-        ("schemes", sch, field(default_factory=sch, metadata={"help": "how SFT and RL combine in each scheme"})),
-    ], bases=(Config,))
+    return make_dataclass(
+        "Config",
+        [
+            ("signals", sig, field(default_factory=sig, metadata={"help": "what each supervisory signal adds"})),
+            ("schemes", sch, field(default_factory=sch, metadata={"help": "how SFT and RL combine in each scheme"})),
+        ],
+        bases=(Config,),
+    )
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -595,6 +770,22 @@ def parse_cell(signal: str, scheme: str, lr: str, seed: str) -> Cell:
 
 
 __all__ = [
-    "Cell", "CellFilter", "Config", "ConfigError", "ForbidRule", "JudgeConfig", "SPLITS",
-    "check", "config_class", "config_hash", "format_lr", "from_snakemake", "grid", "load", "parse_cell", "sections", "to_dict", "validate",
+    "SPLITS",
+    "Cell",
+    "CellFilter",
+    "Config",
+    "ConfigError",
+    "ForbidRule",
+    "JudgeConfig",
+    "check",
+    "config_class",
+    "config_hash",
+    "format_lr",
+    "from_snakemake",
+    "grid",
+    "load",
+    "parse_cell",
+    "sections",
+    "to_dict",
+    "validate",
 ]

@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -102,8 +103,14 @@ def read_jsonl(path: Path) -> list[Any]:
     return rows
 
 
-_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "an object"}
+_KIND_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
 
 
 def require(path: Path, doc: Any, key: str, kinds: type | tuple[type, ...], where: str = "") -> Any:
@@ -111,7 +118,7 @@ def require(path: Path, doc: Any, key: str, kinds: type | tuple[type, ...], wher
     load what its consumers use, so a damaged file fails naming the file and the key (`where`:
     the position inside the file) instead of a KeyError deep inside a consumer."""
     if not isinstance(doc, dict):
-        raise ValueError(f"malformed '{path}'{where}: expected an object, got {type(doc).__name__}")  # noqa: TRY004 (bad data, not a bad call)
+        raise ValueError(f"malformed '{path}'{where}: expected an object, got {type(doc).__name__}")
     if key not in doc:
         raise ValueError(f"malformed '{path}'{where}: missing key '{key}'")
     value = doc[key]

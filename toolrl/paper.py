@@ -26,12 +26,21 @@ PAPER_SPLIT = "id"  # the split the published numbers are comparable with
 
 PUBLISHED: dict[str, tuple[Published, ...]] = {
     "hao2026-qwen2.5-1.5b": (
-        Published("vanilla RL (GRPO)", "none", "rl", 3.50,
-                  "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"),
-        Published("interleaving SFT with RL", "ets", "interleaved", 17.25,
-                  "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct; the signal is not named (ETS assumed)"),
-        Published("process reflection supervision", "prs", "interleaved", 25.75,
-                  "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"),
+        Published("vanilla RL (GRPO)", "none", "rl", 3.50, "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct"),
+        Published(
+            "interleaving SFT with RL",
+            "ets",
+            "interleaved",
+            17.25,
+            "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct; the signal is not named (ETS assumed)",
+        ),
+        Published(
+            "process reflection supervision",
+            "prs",
+            "interleaved",
+            25.75,
+            "BFCL-V3 multi-turn average, Qwen2.5-1.5B-Instruct",
+        ),
     ),
 }
 

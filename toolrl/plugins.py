@@ -128,8 +128,9 @@ class Signal(Plugin):
         """A logit mask applied while sampling rollouts (never to the loss)."""
         return None
 
-    def filter_rollouts(self, rollouts: list[Rollout], masks: list[list[int]], metrics: dict[str, float]
-                        ) -> list[list[int]]:
+    def filter_rollouts(
+        self, rollouts: list[Rollout], masks: list[list[int]], metrics: dict[str, float]
+    ) -> list[list[int]]:
         """The loss masks of a step's rollouts (in group order); may add to the step's `metrics`."""
         return masks
 
@@ -154,8 +155,9 @@ class Scheme(Plugin):
     def sft_steps(self) -> int:
         return 0
 
-    def before_rl(self, ctx: CellContext, model: Any, on_step: Callable[[dict[str, Any]], None],
-                  callbacks: list[Any]) -> int:
+    def before_rl(
+        self, ctx: CellContext, model: Any, on_step: Callable[[dict[str, Any]], None], callbacks: list[Any]
+    ) -> int:
         """Runs before the GRPO trainer starts; returns the train-log steps it took."""
         return 0
 
@@ -202,10 +204,17 @@ class PluginError(ValueError):
 
 def _builtin(package: str, base: type) -> list[type]:
     mod = importlib.import_module(package)
-    modules = [mod] if not hasattr(mod, "__path__") else [
-        importlib.import_module(f"{package}.{m.name}") for m in pkgutil.iter_modules(mod.__path__)]
-    return [c for m in modules for _, c in inspect.getmembers(m, inspect.isclass)
-            if issubclass(c, base) and c is not base and c.__module__ == m.__name__ and c.name]
+    modules = (
+        [mod]
+        if not hasattr(mod, "__path__")
+        else [importlib.import_module(f"{package}.{m.name}") for m in pkgutil.iter_modules(mod.__path__)]
+    )
+    return [
+        c
+        for m in modules
+        for _, c in inspect.getmembers(m, inspect.isclass)
+        if issubclass(c, base) and c is not base and c.__module__ == m.__name__ and c.name
+    ]
 
 
 def _plugins(group: str, base: type) -> list[type]:
@@ -227,8 +236,9 @@ def _registry(package: str, group: str, base: type) -> dict[str, type]:
     out: dict[str, type] = {}
     for cls in sorted(_builtin(package, base), key=lambda c: c.name) + _plugins(group, base):
         if cls.name in out and out[cls.name] is not cls:
-            raise PluginError(f"two {base.__name__.lower()}s are called '{cls.name}': "
-                              f"{out[cls.name].__module__} and {cls.__module__}")
+            raise PluginError(
+                f"two {base.__name__.lower()}s are called '{cls.name}': {out[cls.name].__module__} and {cls.__module__}"
+            )
         out[cls.name] = cls
     return out
 

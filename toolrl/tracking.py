@@ -87,8 +87,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_server(backend_store_uri: str, artifacts_destination: Path | None = None, log: Path | None = None,
-                 timeout: float = 180) -> Iterator[str]:
+def local_server(
+    backend_store_uri: str, artifacts_destination: Path | None = None, log: Path | None = None, timeout: float = 180
+) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 (a free port) over a store, for tests and screenshots; yields
     its URL once `/health` answers OK and stops its whole process group on exit, whatever happened.
 
@@ -97,8 +98,20 @@ def local_server(backend_store_uri: str, artifacts_destination: Path | None = No
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend_store_uri, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--workers",
+        "1",
+    ]
     if artifacts_destination is not None:
         cmd += ["--artifacts-destination", str(artifacts_destination)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -124,7 +137,9 @@ def local_server(backend_store_uri: str, artifacts_destination: Path | None = No
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TrackingError(f"mlflow server on {backend_store_uri} not healthy after {timeout:.0f} s:\n{tail()}")
+                raise TrackingError(
+                    f"mlflow server on {backend_store_uri} not healthy after {timeout:.0f} s:\n{tail()}"
+                )
             time.sleep(1)
         yield url
     finally:
@@ -329,17 +344,21 @@ class RunLogger:
             for old in earlier:
                 self._client.set_tag(old.info.run_id, SUPERSEDED_TAG, run.info.run_id)
                 self._client.set_terminated(old.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-                log.info("run %s (%s, %s) of job %s superseded by %s: marked KILLED", old.info.run_id,
-                         old.info.run_name, old.info.status, job, run.info.run_id)
+                log.info(
+                    "run %s (%s, %s) of job %s superseded by %s: marked KILLED",
+                    old.info.run_id,
+                    old.info.run_name,
+                    old.info.status,
+                    job,
+                    run.info.run_id,
+                )
             self._keep_status = False
             self._run_id = run.info.run_id
             self._log_params(params)
         else:
             run = self._client.get_run(run_id)
             if run.info.experiment_id != experiment_id:
-                raise TrackingError(
-                    f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}"
-                )
+                raise TrackingError(f"run {run_id} belongs to experiment {run.info.experiment_id}, not {experiment_id}")
             self._keep_status = run.info.status == RunStatus.to_string(RunStatus.FINISHED)
             self._latest = dict(run.data.metrics)
             log.info("resuming run %s (%s, status %s)", run_id, run.info.run_name, run.info.status)
@@ -350,11 +369,15 @@ class RunLogger:
     def _earlier_attempts(self, experiment_id: str, job: str, params: Mapping[str, Any]) -> list[Run]:
         """The job's runs that a new attempt supersedes (see the class docstring)."""
         config = str(params.get("config_hash"))
-        runs = self._client.search_runs([experiment_id], filter_string=f"tags.{JOB_TAG} = '{job}'",
-                                        run_view_type=ViewType.ACTIVE_ONLY)
+        runs = self._client.search_runs(
+            [experiment_id], filter_string=f"tags.{JOB_TAG} = '{job}'", run_view_type=ViewType.ACTIVE_ONLY
+        )
         finished = RunStatus.to_string(RunStatus.FINISHED)
-        return [r for r in runs if r.info.status in ALIVE
-                or (r.info.status == finished and r.data.params.get("config_hash") == config)]
+        return [
+            r
+            for r in runs
+            if r.info.status in ALIVE or (r.info.status == finished and r.data.params.get("config_hash") == config)
+        ]
 
     @property
     def run_id(self) -> str:
@@ -378,9 +401,7 @@ class RunLogger:
         for key, value in metrics.items():
             number = float(value)
             if not math.isfinite(number):
-                log.warning(
-                    "run %s: metric %s=%s at step %d is not finite, not logged", self._run_id, key, value, step
-                )
+                log.warning("run %s: metric %s=%s at step %d is not finite, not logged", self._run_id, key, value, step)
                 continue
             if self._latest.get(key) == number:
                 continue

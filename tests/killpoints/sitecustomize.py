@@ -53,8 +53,15 @@ def _hook_replace(matches: Callable[[Path, Path], bool]) -> None:
     def killing_replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         s, d = Path(src), Path(dst)
         if matches(s, d):
-            _fire({"src": str(s), "dst": str(d), "src_listing": sorted(os.listdir(s)) if s.is_dir() else None,
-                   "src_bytes": s.stat().st_size if s.is_file() else None, "dst_exists": d.exists()})
+            _fire(
+                {
+                    "src": str(s),
+                    "dst": str(d),
+                    "src_listing": sorted(os.listdir(s)) if s.is_dir() else None,
+                    "src_bytes": s.stat().st_size if s.is_file() else None,
+                    "dst_exists": d.exists(),
+                }
+            )
         replace(src, dst, *args, **kwargs)
 
     os.replace = killing_replace
@@ -89,8 +96,13 @@ def _hook_log_batch(fires: Callable[[dict[str, Any]], bool]) -> None:
         def killing_log_batch(self: Any, run_id: str, *args: Any, **kwargs: Any) -> Any:
             result = log_batch(self, run_id, *args, **kwargs)
             if fires(kwargs):
-                _fire({"run_id": run_id, "metrics": len(kwargs.get("metrics") or ()),
-                       "params": len(kwargs.get("params") or ())})
+                _fire(
+                    {
+                        "run_id": run_id,
+                        "metrics": len(kwargs.get("metrics") or ()),
+                        "params": len(kwargs.get("params") or ()),
+                    }
+                )
             return result
 
         tracking.MlflowClient.log_batch = killing_log_batch

@@ -110,8 +110,14 @@ def detect(rows: Sequence[Mapping[str, Any]], window: int, reward_drop: float, t
     head = min(window, len(rl))
     baseline = sum(success[:head]) / head
     start = {k: _mean(v[:head]) for k, v in probes.items()}
-    result: dict[str, Any] = {"collapsed": False, "step": None, "baseline_success": baseline,
-                              "min_success": baseline, "probe": None, "shift": None}
+    result: dict[str, Any] = {
+        "collapsed": False,
+        "step": None,
+        "baseline_success": baseline,
+        "min_success": baseline,
+        "probe": None,
+        "shift": None,
+    }
     for i in range(window, len(rl)):
         lo = i - window + 1
         rolling = sum(success[lo : i + 1]) / window

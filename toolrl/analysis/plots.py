@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from toolrl.analysis.collapse import CURVES
-from toolrl.config import format_lr
 from toolrl.analysis.stats import performance_profile
+from toolrl.config import format_lr
 
 if TYPE_CHECKING:
     from toolrl.analysis.report import Group
@@ -91,13 +91,18 @@ def curves(groups: Sequence[Group]) -> Figure:
         ax.grid(alpha=0.3)
         if not trained:
             ax.text(0.5, 0.5, "no training logs", ha="center", va="center", transform=ax.transAxes)
-    for ax in axes[len(CURVES):]:
+    for ax in axes[len(CURVES) :]:
         ax.axis("off")
     legend_ax = axes[len(CURVES)]
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        legend_ax.legend(handles, labels, loc="center", fontsize="small",
-                         title="mean over seeds; band: min–max;\ndotted: a seed's collapse step")
+        legend_ax.legend(
+            handles,
+            labels,
+            loc="center",
+            fontsize="small",
+            title="mean over seeds; band: min–max;\ndotted: a seed's collapse step",
+        )
     return fig
 
 
@@ -131,7 +136,10 @@ def lr_sensitivity(summary: dict[str, Any]) -> Figure:
             pts = sorted((g["lr"], g["splits"][s]) for g in trained if (g["signal"], g["scheme"]) == (signal, scheme))
             xs = [lr for lr, _ in pts]
             means = [100 * st["mean"] for _, st in pts]
-            err = [[100 * (st["mean"] - st["ci_low"]) for _, st in pts], [100 * (st["ci_high"] - st["mean"]) for _, st in pts]]
+            err = [
+                [100 * (st["mean"] - st["ci_low"]) for _, st in pts],
+                [100 * (st["ci_high"] - st["mean"]) for _, st in pts],
+            ]
             ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=f"{signal}/{scheme}")
         if base is not None:
             ax.axhline(100 * base["splits"][s]["mean"], color="0.4", ls="--", lw=1, label="base (before RL)")
@@ -142,7 +150,9 @@ def lr_sensitivity(summary: dict[str, Any]) -> Figure:
         ax.set_title(s)
         ax.set_xlabel("RL learning rate")
         ax.set_ylim(-3, 103)
-    return _finish_panels(fig, axes, "task success (%)", f"mean over seeds,\n{100 * summary['confidence']:g}% bootstrap CI")
+    return _finish_panels(
+        fig, axes, "task success (%)", f"mean over seeds,\n{100 * summary['confidence']:g}% bootstrap CI"
+    )
 
 
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -155,11 +165,22 @@ def profiles(summary: dict[str, Any], scores: Mapping[str, Mapping[str, np.ndarr
     fig, axes = _split_panels(summary)
     for ax, s in zip(axes, summary["splits"]):
         for i, g in enumerate(summary["groups"]):
-            prof = performance_profile(scores[g["name"]][s], THRESHOLDS, summary["confidence"],
-                                       min(summary["n_resamples"], 1000), summary["seed"])
+            prof = performance_profile(
+                scores[g["name"]][s],
+                THRESHOLDS,
+                summary["confidence"],
+                min(summary["n_resamples"], 1000),
+                summary["seed"],
+            )
             color = "0.3" if g["name"] == BASE else f"C{i % 10}"
-            ax.plot(100 * THRESHOLDS, prof["fraction"], color=color, lw=1.5,
-                    ls="--" if g["name"] == BASE else "-", label=f"{g['name']} (n={g['n']})")
+            ax.plot(
+                100 * THRESHOLDS,
+                prof["fraction"],
+                color=color,
+                lw=1.5,
+                ls="--" if g["name"] == BASE else "-",
+                label=f"{g['name']} (n={g['n']})",
+            )
             ax.fill_between(100 * THRESHOLDS, prof["ci_low"], prof["ci_high"], color=color, alpha=0.15, lw=0)
         ax.set_title(s)
         ax.set_xlabel("success threshold τ (%)")

@@ -22,9 +22,6 @@ import numpy as np
 from toolrl.analysis import plots, tables
 from toolrl.analysis.collapse import CURVES, detect, series
 from toolrl.analysis.outputs import BY_NAME, OUTPUTS
-from toolrl.config import SPLITS, Cell, CellFilter, DiagnosticsConfig, parse_cell
-from toolrl.io import read_json, read_jsonl, require, write_bytes, write_text
-from toolrl.paper import PAPER_SPLIT, PUBLISHED, published_for
 from toolrl.analysis.stats import (
     CORRECTIONS,
     adjust,
@@ -35,6 +32,9 @@ from toolrl.analysis.stats import (
     summarize,
 )
 from toolrl.analysis.tables import BASE, TESTS
+from toolrl.config import SPLITS, Cell, CellFilter, DiagnosticsConfig, parse_cell
+from toolrl.io import read_json, read_jsonl, require, write_bytes, write_text
+from toolrl.paper import PAPER_SPLIT, PUBLISHED, published_for
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,12 @@ def _read_run(eval_dir: Path, splits: Sequence[str], cell: Cell | None) -> Run |
     if not any((eval_dir / f"{s}.json").exists() for s in splits):
         return None
     read = {s: _read_eval(eval_dir / f"{s}.json", s, cell) for s in splits}
-    return Run(cell, {s: r for s, (r, _, _) in read.items()},
-               {s: q for s, (_, q, _) in read.items() if q is not None},
-               categories={s: c for s, (_, _, c) in read.items()})
+    return Run(
+        cell,
+        {s: r for s, (r, _, _) in read.items()},
+        {s: q for s, (_, q, _) in read.items() if q is not None},
+        categories={s: c for s, (_, _, c) in read.items()},
+    )
 
 
 def _restored_per_seed(name: str, runs: Sequence[Run], splits: Sequence[str]) -> dict[str, list[float]]:
@@ -155,14 +158,14 @@ def _restored_per_seed(name: str, runs: Sequence[Run], splits: Sequence[str]) ->
             out[s] = [r.restored[s] for r in runs]
         elif any(have):
             lacking = [r.cell.seed if r.cell else BASE for r, h in zip(runs, have) if not h]
-            raise ValueError(f"group {name}: split {s} has restoration results for some seeds but not "
-                             f"for seeds {lacking}; re-run their evaluation")
+            raise ValueError(
+                f"group {name}: split {s} has restoration results for some seeds but not "
+                f"for seeds {lacking}; re-run their evaluation"
+            )
     return out
 
 
-def _load_groups(
-    sweep_dir: Path, splits: Sequence[str], diag: DiagnosticsConfig
-) -> tuple[Group | None, list[Group]]:
+def _load_groups(sweep_dir: Path, splits: Sequence[str], diag: DiagnosticsConfig) -> tuple[Group | None, list[Group]]:
     """The base model (if evaluated) and the trained groups, sorted by (signal, scheme, lr)."""
     runs: dict[tuple[str, str, float], list[Run]] = {}
     for run_dir in sorted((sweep_dir / "runs").glob("signal=*/scheme=*/lr=*/seed=*")):
@@ -184,13 +187,25 @@ def _load_groups(
         members = sorted(runs[key], key=lambda r: r.cell.seed if r.cell else -1)
         cells = [r.cell for r in members if r.cell is not None]
         name = cells[0].group
-        groups.append(Group(name, cells, {s: [r.rates[s] for r in members] for s in splits},
-                            _restored_per_seed(name, members, splits), members))
+        groups.append(
+            Group(
+                name,
+                cells,
+                {s: [r.rates[s] for r in members] for s in splits},
+                _restored_per_seed(name, members, splits),
+                members,
+            )
+        )
     base_run = _read_run(sweep_dir / BASE / "eval", splits, None)
     base = None
     if base_run is not None:
-        base = Group(BASE, [], {s: [base_run.rates[s]] for s in splits},
-                     {s: [q] for s, q in base_run.restored.items()}, [base_run])
+        base = Group(
+            BASE,
+            [],
+            {s: [base_run.rates[s]] for s in splits},
+            {s: [q] for s, q in base_run.restored.items()},
+            [base_run],
+        )
     return base, groups
 
 
@@ -224,8 +239,14 @@ def score_matrix(g: Group, split: str) -> np.ndarray:
 
 
 def _compare_all(
-    others: Sequence[Group], ref: Group, splits: Sequence[str], correction: str, confidence: float,
-    n_resamples: int, seed: int, scores: Mapping[str, Mapping[str, np.ndarray]],
+    others: Sequence[Group],
+    ref: Group,
+    splits: Sequence[str],
+    correction: str,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+    scores: Mapping[str, Mapping[str, np.ndarray]],
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """group → split → difference, effect sizes, raw and adjusted p-values. `scores`: group name →
     split → `score_matrix`.
@@ -238,8 +259,13 @@ def _compare_all(
         out[g.name] = {}
         for s in splits:
             poi = probability_of_improvement(scores[g.name][s], scores[ref.name][s], confidence, n_resamples, seed)
-            out[g.name][s] = {**compare(g.rates[s], ref.rates[s]), "hedges_g": hedges_g(g.rates[s], ref.rates[s]),
-                              "poi": poi["poi"], "poi_ci_low": poi["ci_low"], "poi_ci_high": poi["ci_high"]}
+            out[g.name][s] = {
+                **compare(g.rates[s], ref.rates[s]),
+                "hedges_g": hedges_g(g.rates[s], ref.rates[s]),
+                "poi": poi["poi"],
+                "poi_ci_low": poi["ci_low"],
+                "poi_ci_high": poi["ci_high"],
+            }
     for s in splits:
         for test in TESTS:
             adjusted = adjust([out[g.name][s][f"{test}_p"] for g in others], correction)
@@ -257,8 +283,9 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
     return {"collapsed": sum(p["collapsed"] for p in judged), "runs": len(judged), "per_seed": per_seed}
 
 
-def _split_stats(g: Group, split: str, scores: np.ndarray, confidence: float, n_resamples: int,
-                 seed: int) -> dict[str, Any]:
+def _split_stats(
+    g: Group, split: str, scores: np.ndarray, confidence: float, n_resamples: int, seed: int
+) -> dict[str, Any]:
     """Mean with a bootstrap CI over seeds, and the IQM over seeds × categories with rliable's
     stratified CI."""
     st = summarize(g.rates[split], confidence, n_resamples, seed)
@@ -268,12 +295,18 @@ def _split_stats(g: Group, split: str, scores: np.ndarray, confidence: float, n_
 
 def _paper_record(paper: str | None, first: Cell | None) -> dict[str, Any] | None:
     pub = published_for(paper, first.signal if first else None, first.scheme if first else None)
-    return None if pub is None else {"recipe": pub.recipe, "score": pub.score, "split": PAPER_SPLIT, "source": pub.source}
+    return (
+        None if pub is None else {"recipe": pub.recipe, "score": pub.score, "split": PAPER_SPLIT, "source": pub.source}
+    )
 
 
 def _group_record(
-    g: Group, splits: Sequence[str], stats: dict[str, dict[str, Any]], comparison: dict[str, Any] | None,
-    restored: dict[str, dict[str, Any]], paper: str | None,
+    g: Group,
+    splits: Sequence[str],
+    stats: dict[str, dict[str, Any]],
+    comparison: dict[str, Any] | None,
+    restored: dict[str, dict[str, Any]],
+    paper: str | None,
 ) -> dict[str, Any]:
     first = g.cells[0] if g.cells else None
     return {
@@ -305,10 +338,21 @@ def category_rows(groups: Sequence[Group], splits: Sequence[str]) -> list[dict[s
             if not per_seed:
                 continue
             cats = sorted(per_seed)
-            seeds = [sum(per_seed[c][i] for c in cats) / len(cats) for i in range(min(len(v) for v in per_seed.values()))]
+            seeds = [
+                sum(per_seed[c][i] for c in cats) / len(cats) for i in range(min(len(v) for v in per_seed.values()))
+            ]
             for cat, v in [(c, per_seed[c]) for c in cats] + [("average", seeds)]:
-                rows.append({"group": g.name, "split": s, "category": cat, "n": len(v),
-                             "mean": sum(v) / len(v), "min": min(v), "max": max(v)})
+                rows.append(
+                    {
+                        "group": g.name,
+                        "split": s,
+                        "category": cat,
+                        "n": len(v),
+                        "mean": sum(v) / len(v),
+                        "min": min(v),
+                        "max": max(v),
+                    }
+                )
     return rows
 
 
@@ -373,8 +417,12 @@ def aggregate(
         log.warning("group %s has only %d seed(s); its CI and p-values are unreliable", g["name"], g["n"])
 
     cat_rows = category_rows(ordered, splits)
-    figures = {"plot": plots.success(summary), "curves": plots.curves(ordered),
-               "lr_plot": plots.lr_sensitivity(summary), "profiles": plots.profiles(summary, scores)}
+    figures = {
+        "plot": plots.success(summary),
+        "curves": plots.curves(ordered),
+        "lr_plot": plots.lr_sensitivity(summary),
+        "profiles": plots.profiles(summary, scores),
+    }
     # What each file of OUTPUTS holds, by its name; the paths come from OUTPUTS alone.
     render: dict[str, Callable[[], str | bytes]] = {
         "table": partial(tables.main_markdown, summary),
@@ -394,8 +442,10 @@ def aggregate(
         render[name] = partial(plots.render, fig, "png")
         render[f"{name}_pdf"] = partial(plots.render, fig, "pdf")
     if set(render) != set(BY_NAME):
-        raise RuntimeError(f"aggregate outputs without a renderer: {sorted(set(BY_NAME) - set(render))}; "
-                           f"renderers without an output: {sorted(set(render) - set(BY_NAME))}")
+        raise RuntimeError(
+            f"aggregate outputs without a renderer: {sorted(set(BY_NAME) - set(render))}; "
+            f"renderers without an output: {sorted(set(render) - set(BY_NAME))}"
+        )
     for out in OUTPUTS:
         data = render[out.name]()
         (write_text if isinstance(data, str) else write_bytes)(sweep_dir / out.path, data)

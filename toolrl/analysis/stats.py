@@ -19,7 +19,6 @@ from scipy import stats as sps
 
 from toolrl.config import CORRECTIONS
 
-
 # Success rates from different code paths (sum/len vs. mean) can differ in the last bit; scipy then
 # sees a variance of ~1e-33 and reports a confident p-value for what is really a tie.
 _CONSTANT_RTOL = 1e-12
@@ -105,8 +104,9 @@ def iqm(scores: Sequence[float] | np.ndarray, axis: int | None = None) -> float 
     return sps.trim_mean(x, 0.25, axis=axis)
 
 
-def _interval(columns: list[np.ndarray], statistic: Any, point: Any, confidence: float,
-              n_resamples: int, seed: int) -> tuple[Any, Any]:
+def _interval(
+    columns: list[np.ndarray], statistic: Any, point: Any, confidence: float, n_resamples: int, seed: int
+) -> tuple[Any, Any]:
     """Percentile CI of `statistic` (a scalar, or a vector like a performance profile) under the
     stratified bootstrap: each column (a task of one group) is resampled on its own, which is what
     `scipy.stats.bootstrap` does with several unpaired samples. Every column needs two runs to
@@ -117,8 +117,16 @@ def _interval(columns: list[np.ndarray], statistic: Any, point: Any, confidence:
     scalar = np.ndim(point) == 0
     if any(c.size < 2 for c in columns) or all(np.ptp(c) == 0.0 for c in columns):
         return (point, point) if scalar else (point.copy(), point.copy())
-    res = sps.bootstrap(tuple(columns), statistic, vectorized=True, paired=False, method="percentile",
-                        confidence_level=confidence, n_resamples=n_resamples, rng=np.random.default_rng(seed))
+    res = sps.bootstrap(
+        tuple(columns),
+        statistic,
+        vectorized=True,
+        paired=False,
+        method="percentile",
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        rng=np.random.default_rng(seed),
+    )
     # Resampled IQMs can only land on values the data reaches; float noise must not put the bound
     # a hair outside the point for a statistic that barely varies.
     low = np.minimum(res.confidence_interval.low, point)
@@ -126,8 +134,9 @@ def _interval(columns: list[np.ndarray], statistic: Any, point: Any, confidence:
     return (float(low), float(high)) if scalar else (low, high)
 
 
-def iqm_interval(scores: Sequence[Sequence[float]] | np.ndarray, confidence: float = 0.95,
-                 n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def iqm_interval(
+    scores: Sequence[Sequence[float]] | np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """IQM over all runs × tasks with a stratified-bootstrap percentile CI (rliable's
     get_interval_estimates with aggregate_iqm)."""
     m = _score_matrix(scores, "scores")
@@ -147,8 +156,13 @@ def _pairwise_greater(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (diff > 0).mean(axis=(-2, -1)) + 0.5 * (diff == 0).mean(axis=(-2, -1))
 
 
-def probability_of_improvement(x: Sequence[Sequence[float]] | np.ndarray, y: Sequence[Sequence[float]] | np.ndarray,
-                               confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def probability_of_improvement(
+    x: Sequence[Sequence[float]] | np.ndarray,
+    y: Sequence[Sequence[float]] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """P(X > Y): the probability that a run of recipe X beats a run of recipe Y on a task,
     averaged over tasks (rliable's probability_of_improvement), with a stratified-bootstrap CI
     that resamples both groups' runs within each task.
@@ -170,8 +184,13 @@ def probability_of_improvement(x: Sequence[Sequence[float]] | np.ndarray, y: Seq
     return {"poi": point, "ci_low": low, "ci_high": high}
 
 
-def performance_profile(scores: Sequence[Sequence[float]] | np.ndarray, thresholds: Sequence[float] | np.ndarray,
-                        confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+def performance_profile(
+    scores: Sequence[Sequence[float]] | np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Score distribution: the fraction of run × task scores above each threshold τ (rliable's
     performance profile), with a stratified-bootstrap percentile band.
 
@@ -301,5 +320,17 @@ def adjust(pvalues: Sequence[float | None], method: str) -> list[float | None]:
     raise ValueError(f"unknown correction '{method}' (choose from {', '.join(CORRECTIONS)})")
 
 
-__all__ = ["CORRECTIONS", "adjust", "benjamini_hochberg", "bonferroni", "compare", "hedges_g", "holm", "iqm",
-           "iqm_interval", "performance_profile", "probability_of_improvement", "summarize"]
+__all__ = [
+    "CORRECTIONS",
+    "adjust",
+    "benjamini_hochberg",
+    "bonferroni",
+    "compare",
+    "hedges_g",
+    "holm",
+    "iqm",
+    "iqm_interval",
+    "performance_profile",
+    "probability_of_improvement",
+    "summarize",
+]

@@ -41,12 +41,16 @@ def _fmt_p(p: float | None) -> str:
 
 
 def _correction_words(correction: str) -> str:
-    return {"holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected", "bh": "Benjamini–Hochberg-corrected",
-            "none": "uncorrected"}[correction]
+    return {
+        "holm": "Holm-corrected",
+        "bonferroni": "Bonferroni-corrected",
+        "bh": "Benjamini–Hochberg-corrected",
+        "none": "uncorrected",
+    }[correction]
 
 
 def _collapse_rate(g: dict[str, Any]) -> str:
-    """"2/3": collapsed runs over the runs with a training log; "—" for the base model (no RL),
+    """ "2/3": collapsed runs over the runs with a training log; "—" for the base model (no RL),
     "n/a" for a group without any log."""
     c = g["collapse"]
     if c is None:
@@ -85,9 +89,11 @@ def _stat_cell(st: dict[str, Any] | None, n: int) -> str:
 def _paper_caption(summary: dict[str, Any], code: str = "`") -> str:
     if not summary.get("paper"):
         return ""
-    return (f" {code}paper{code}: the number Hao et al. (2026) published for the same recipe "
-            f"({summary['paper']}: BFCL-V3 multi-turn average, comparable with our {code}{PAPER_SPLIT}{code} "
-            f"column); see toolrl/paper.py for the sources.")
+    return (
+        f" {code}paper{code}: the number Hao et al. (2026) published for the same recipe "
+        f"({summary['paper']}: BFCL-V3 multi-turn average, comparable with our {code}{PAPER_SPLIT}{code} "
+        f"column); see toolrl/paper.py for the sources."
+    )
 
 
 def _paper_cell(g: dict[str, Any]) -> str:
@@ -105,10 +111,17 @@ def main_markdown(summary: dict[str, Any]) -> str:
         f"{_correction_words(summary['correction'])} per split and per test across the {n_compared} "
         f"compared groups (effect sizes, probability of improvement and IQM: `effects.md`). `{BASE}` is the "
         f"warm-up (SFT) model every cell starts from, before any RL (one evaluation, no CI)."
-        + _diagnostics_caption(summary) + _paper_caption(summary)
+        + _diagnostics_caption(summary)
+        + _paper_caption(summary)
     )
-    header = (["group", "n"] + list(splits) + [f"{s} restored" for s in restored] + ["collapsed"]
-              + [f"{s} {_TEST_NAMES[t]}" for s in splits for t in TESTS] + (["paper"] if summary.get("paper") else []))
+    header = (
+        ["group", "n"]
+        + list(splits)
+        + [f"{s} restored" for s in restored]
+        + ["collapsed"]
+        + [f"{s} {_TEST_NAMES[t]}" for s in splits for t in TESTS]
+        + (["paper"] if summary.get("paper") else [])
+    )
     rows = []
     for g in groups:
         cells = [g["name"], str(g["n"])]
@@ -138,10 +151,31 @@ _STAT_KEYS = ("mean", "std", "ci_low", "ci_high")
 def main_csv(summary: dict[str, Any]) -> str:
     """Long format, one row per group and split. The restored statistics sit on their split's row
     (empty where the split was not probed); the collapse count is per group, repeated on each row."""
-    columns = ["group", "signal", "scheme", "lr", "split", "n", *_STAT_KEYS,
-               "iqm", "iqm_ci_low", "iqm_ci_high", "diff", "hedges_g", "poi", "poi_ci_low", "poi_ci_high",
-               "welch_p", "mwu_p", "welch_p_adj", "mwu_p_adj",
-               *(f"restored_{k}" for k in _STAT_KEYS), "collapsed", "collapse_rate", "paper"]
+    columns = [
+        "group",
+        "signal",
+        "scheme",
+        "lr",
+        "split",
+        "n",
+        *_STAT_KEYS,
+        "iqm",
+        "iqm_ci_low",
+        "iqm_ci_high",
+        "diff",
+        "hedges_g",
+        "poi",
+        "poi_ci_low",
+        "poi_ci_high",
+        "welch_p",
+        "mwu_p",
+        "welch_p_adj",
+        "mwu_p_adj",
+        *(f"restored_{k}" for k in _STAT_KEYS),
+        "collapsed",
+        "collapse_rate",
+        "paper",
+    ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -151,21 +185,50 @@ def main_csv(summary: dict[str, Any]) -> str:
             st = g["splits"][s]
             comp = (g["comparison"] or {}).get(s, {})
             rst = g["restored"].get(s, {})
-            row = {"group": g["name"], "signal": g["signal"], "scheme": g["scheme"], "lr": g["lr"],
-                   "split": s, "n": g["n"], **{k: st[k] for k in _STAT_KEYS},
-                   **{k: st[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high")},
-                   **{k: comp.get(k) for k in ("diff", "hedges_g", "poi", "poi_ci_low", "poi_ci_high",
-                                               "welch_p", "mwu_p", "welch_p_adj", "mwu_p_adj")},
-                   **{f"restored_{k}": rst.get(k) for k in _STAT_KEYS},
-                   "collapsed": c["collapsed"] if c and c["runs"] else None,
-                   "collapse_rate": _collapse_rate(g) if c and c["runs"] else None,
-                   "paper": g["paper"]["score"] if g.get("paper") and s == PAPER_SPLIT else None}
+            row = {
+                "group": g["name"],
+                "signal": g["signal"],
+                "scheme": g["scheme"],
+                "lr": g["lr"],
+                "split": s,
+                "n": g["n"],
+                **{k: st[k] for k in _STAT_KEYS},
+                **{k: st[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high")},
+                **{
+                    k: comp.get(k)
+                    for k in (
+                        "diff",
+                        "hedges_g",
+                        "poi",
+                        "poi_ci_low",
+                        "poi_ci_high",
+                        "welch_p",
+                        "mwu_p",
+                        "welch_p_adj",
+                        "mwu_p_adj",
+                    )
+                },
+                **{f"restored_{k}": rst.get(k) for k in _STAT_KEYS},
+                "collapsed": c["collapsed"] if c and c["runs"] else None,
+                "collapse_rate": _collapse_rate(g) if c and c["runs"] else None,
+                "paper": g["paper"]["score"] if g.get("paper") and s == PAPER_SPLIT else None,
+            }
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return buf.getvalue()
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex_escape(text: str) -> str:
@@ -200,9 +263,14 @@ def main_latex(summary: dict[str, Any]) -> str:
         r"\centering",
         r"\begin{tabular}{l r " + "r " * len(columns) + "c" + (" r" if paper else "") + "}",
         r"\toprule",
-        " & ".join(["Group", "$n$"] + [_tex_escape(s) for s in splits]
-                   + [_tex_escape(f"{s} restored") for s in restored] + ["Collapsed"]
-                   + (["Paper"] if paper else [])) + r" \\",
+        " & ".join(
+            ["Group", "$n$"]
+            + [_tex_escape(s) for s in splits]
+            + [_tex_escape(f"{s} restored") for s in restored]
+            + ["Collapsed"]
+            + (["Paper"] if paper else [])
+        )
+        + r" \\",
         r"\midrule",
     ]
     for g in groups:
@@ -216,15 +284,21 @@ def main_latex(summary: dict[str, Any]) -> str:
         f"Task success (\\%), mean over seeds $\\pm$ half-width of the {100 * summary['confidence']:g}\\% "
         f"percentile-bootstrap CI; best per column in bold. Baseline: {_tex_escape(summary['baseline'])}."
         + _tex_escape(_diagnostics_caption(summary, code="") + _paper_caption(summary, code=""))
-        .replace("<", r"\textless{}").replace(">", r"\textgreater{}")
+        .replace("<", r"\textless{}")
+        .replace(">", r"\textgreater{}")
     )
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:main}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def category_markdown(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str:
-    lines = [("Task success (%) per task category: the mean over seeds, with the range over seeds in "
-              "brackets; `average` is the mean over categories."), ""]
+    lines = [
+        (
+            "Task success (%) per task category: the mean over seeds, with the range over seeds in "
+            "brackets; `average` is the mean over categories."
+        ),
+        "",
+    ]
     for s in splits:
         mine = [r for r in rows if r["split"] == s]
         if not mine:
@@ -233,8 +307,12 @@ def category_markdown(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> 
         lines += [f"**{s}**", "", "| group | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
         for name in dict.fromkeys(r["group"] for r in mine):
             by = {r["category"]: r for r in mine if r["group"] == name}
-            cells = ["—" if c not in by else _pct(by[c]["mean"]) + (
-                "" if by[c]["n"] == 1 else f" [{_pct(by[c]['min'])}, {_pct(by[c]['max'])}]") for c in cats]
+            cells = [
+                "—"
+                if c not in by
+                else _pct(by[c]["mean"]) + ("" if by[c]["n"] == 1 else f" [{_pct(by[c]['min'])}, {_pct(by[c]['max'])}]")
+                for c in cats
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -260,28 +338,41 @@ def effects_markdown(summary: dict[str, Any]) -> str:
     the p-values: with 3 seeds a p-value says little, an effect size and P(improvement) with an
     honest interval say how large and how reliable a difference is."""
     lines = [
-        (f"Each group against the baseline `{summary['baseline']}`, per split. `mean`: over seeds, "
-        f"{100 * summary['confidence']:g}% percentile-bootstrap CI. `IQM`: the interquartile mean of the "
-        f"seed × task-category success rates, with a stratified-bootstrap CI (seeds resampled within each "
-        f"category; the seed is the unit of replication, tasks are averaged within a category first). "
-        f"`Δ`: difference of means (points). `g`: Hedges' g, the small-sample-corrected standardised "
-        f"difference (n/a without variance). `P(>baseline)`: the probability that a run of the group "
-        f"beats a run of the baseline on a category (ties count half), averaged over categories, with a "
-        f"stratified-bootstrap CI; 50 is no difference, and rliable calls an improvement meaningful when "
-        f"the lower bound clears 50. Welch and MWU p-values are {_correction_words(summary['correction'])}."),
+        (
+            f"Each group against the baseline `{summary['baseline']}`, per split. `mean`: over seeds, "
+            f"{100 * summary['confidence']:g}% percentile-bootstrap CI. `IQM`: the interquartile mean of the "
+            f"seed × task-category success rates, with a stratified-bootstrap CI (seeds resampled within each "
+            f"category; the seed is the unit of replication, tasks are averaged within a category first). "
+            f"`Δ`: difference of means (points). `g`: Hedges' g, the small-sample-corrected standardised "
+            f"difference (n/a without variance). `P(>baseline)`: the probability that a run of the group "
+            f"beats a run of the baseline on a category (ties count half), averaged over categories, with a "
+            f"stratified-bootstrap CI; 50 is no difference, and rliable calls an improvement meaningful when "
+            f"the lower bound clears 50. Welch and MWU p-values are {_correction_words(summary['correction'])}."
+        ),
         "",
     ]
     few = few_seed_groups(summary)
     if few:
-        lines += [f"**Warning:** fewer than {MIN_SEEDS} seeds: " + ", ".join(f"`{g['name']}` (n={g['n']})" for g in few), ""]
+        lines += [
+            f"**Warning:** fewer than {MIN_SEEDS} seeds: " + ", ".join(f"`{g['name']}` (n={g['n']})" for g in few),
+            "",
+        ]
     ref_n = next(g["n"] for g in summary["groups"] if g["name"] == summary["baseline"])
     for s in summary["splits"]:
-        lines += [f"**{s}**", "", "| group | n | mean | IQM | Δ | g | P(>baseline) | Welch | MWU |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"**{s}**",
+            "",
+            "| group | n | mean | IQM | Δ | g | P(>baseline) | Welch | MWU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for g in summary["groups"]:
             st, c = g["splits"][s], (g["comparison"] or {}).get(s)
-            cells = [g["name"], str(g["n"]), _stat_cell(st, g["n"]),
-                     _pct(st["iqm"]) + ("" if g["n"] == 1 else _ci_text(st["iqm_ci_low"], st["iqm_ci_high"]))]
+            cells = [
+                g["name"],
+                str(g["n"]),
+                _stat_cell(st, g["n"]),
+                _pct(st["iqm"]) + ("" if g["n"] == 1 else _ci_text(st["iqm_ci_low"], st["iqm_ci_high"])),
+            ]
             if c is None:
                 cells += ["—"] * 5
             else:
@@ -320,9 +411,9 @@ def _pivot(summary: dict[str, Any], name: str) -> tuple[list[Any], dict[tuple[An
 
 _PIVOT_CAPTIONS = {
     "schemes": "The scheme comparison: task success (%) of each signal under each training scheme (how SFT and "
-               "RL are combined), one table per split and learning rate row.",
+    "RL are combined), one table per split and learning rate row.",
     "lr": "The learning-rate analysis: task success (%) of each recipe at each RL learning rate, one table per "
-          "split, and the collapse rate (runs in which the collapse detector fired, over runs with a training log).",
+    "split, and the collapse rate (runs in which the collapse detector fired, over runs with a training log).",
 }
 
 
@@ -330,21 +421,28 @@ def _base_line(summary: dict[str, Any]) -> str | None:
     base = next((g for g in summary["groups"] if g["name"] == BASE), None)
     if base is None:
         return None
-    return "`base` (the warm-up model, before RL): " + ", ".join(
-        f"{s} {_pct(base['splits'][s]['mean'])}" for s in summary["splits"]) + "."
+    return (
+        "`base` (the warm-up model, before RL): "
+        + ", ".join(f"{s} {_pct(base['splits'][s]['mean'])}" for s in summary["splits"])
+        + "."
+    )
 
 
 def pivot_markdown(summary: dict[str, Any], name: str) -> str:
     field, keys = PIVOTS[name]
     values, rows = _pivot(summary, name)
-    lines = [_PIVOT_CAPTIONS[name] + f" Mean over seeds with a {100 * summary['confidence']:g}% percentile-bootstrap "
-             "CI in brackets; `—`: not in the sweep.", ""]
+    lines = [
+        _PIVOT_CAPTIONS[name] + f" Mean over seeds with a {100 * summary['confidence']:g}% percentile-bootstrap "
+        "CI in brackets; `—`: not in the sweep.",
+        "",
+    ]
     if (base := _base_line(summary)) is not None:
         lines += [base, ""]
     head = "| " + " | ".join(list(keys) + [_label(field, v) for v in values]) + " |"
     rule = "|" + "---|" * len(keys) + "---:|" * len(values)
     sections: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-        (s, lambda g, s=s: _stat_cell(g["splits"][s], g["n"])) for s in summary["splits"]]
+        (s, lambda g, s=s: _stat_cell(g["splits"][s], g["n"])) for s in summary["splits"]
+    ]
     if name == "lr":
         sections.append(("collapsed", _collapse_rate))
     for title, cell in sections:
@@ -376,8 +474,12 @@ def pivot_csv(summary: dict[str, Any], name: str) -> str:
             for v in values:
                 if v in by:
                     st, col = by[v]["splits"][s], f"{s} {_label(field, v)}"
-                    row |= {col: st["mean"], f"{col} ci_low": st["ci_low"], f"{col} ci_high": st["ci_high"],
-                            f"{col} n": by[v]["n"]}
+                    row |= {
+                        col: st["mean"],
+                        f"{col} ci_low": st["ci_low"],
+                        f"{col} ci_high": st["ci_high"],
+                        f"{col} n": by[v]["n"],
+                    }
         if name == "lr":
             for v in values:
                 c = by[v]["collapse"] if v in by else None
@@ -393,8 +495,11 @@ def pivot_latex(summary: dict[str, Any], name: str) -> str:
     values, rows = _pivot(summary, name)
     splits = summary["splits"]
     k = len(values)
-    best = {(s, v): max((round(100 * by[v]["splits"][s]["mean"], 1) for by in rows.values() if v in by), default=None)
-            for s in splits for v in values}
+    best = {
+        (s, v): max((round(100 * by[v]["splits"][s]["mean"], 1) for by in rows.values() if v in by), default=None)
+        for s in splits
+        for v in values
+    }
     first = len(keys) + 1
     lines = [
         r"\begin{table}[t]",
@@ -403,16 +508,23 @@ def pivot_latex(summary: dict[str, Any], name: str) -> str:
         r"\toprule",
         " & ".join([""] * len(keys) + [rf"\multicolumn{{{k}}}{{c}}{{{_tex_escape(s)}}}" for s in splits]) + r" \\",
         " ".join(rf"\cmidrule(lr){{{first + i * k}-{first + (i + 1) * k - 1}}}" for i in range(len(splits))),
-        " & ".join([_tex_escape(x.capitalize() if x != "lr" else "LR") for x in keys]
-                   + [_tex_escape(_label(field, v)) for _ in splits for v in values]) + r" \\",
+        " & ".join(
+            [_tex_escape(x.capitalize() if x != "lr" else "LR") for x in keys]
+            + [_tex_escape(_label(field, v)) for _ in splits for v in values]
+        )
+        + r" \\",
         r"\midrule",
     ]
     for key, by in rows.items():
         cells = [_tex_escape(_label(kf, kv)) for kf, kv in zip(keys, key)]
-        cells += [_tex_stat(by[v]["splits"][s], by[v]["n"], best[(s, v)]) if v in by else "--" for s in splits for v in values]
+        cells += [
+            _tex_stat(by[v]["splits"][s], by[v]["n"], best[(s, v)]) if v in by else "--" for s in splits for v in values
+        ]
         lines.append(" & ".join(cells) + r" \\")
-    caption = _tex_escape(_PIVOT_CAPTIONS[name].split(":")[0] + f": task success (%), mean over seeds $\\pm$ half-width "
-                          f"of the {100 * summary['confidence']:g}% percentile-bootstrap CI; best per column in bold.")
+    caption = _tex_escape(
+        _PIVOT_CAPTIONS[name].split(":")[0] + f": task success (%), mean over seeds $\\pm$ half-width "
+        f"of the {100 * summary['confidence']:g}% percentile-bootstrap CI; best per column in bold."
+    )
     caption = caption.replace(r"\$\textbackslash{}pm\$", r"$\pm$")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{name}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ STATES = ("healthy_call", "healthy_response", "text_pollution", "full_collapse")
 _CONTROL = re.compile(r"<\|im_end\|>|<\|im_start\|>|</?tool_call>|</?tool_response>|<\|endoftext\|>")
 
 
-def output_state(text: str, parsed: "Parsed", fmt: "Format") -> str:
+def output_state(text: str, parsed: Parsed, fmt: Format) -> str:
     """Classify one assistant message into the paper's four states.
 
     full_collapse: nothing but control tokens and whitespace (e.g. a bare `<tool_call>`);
@@ -114,7 +114,7 @@ class ForbidPatterns(LogitsProcessor):
         return scores
 
 
-def forbid_rules(tokenizer: PreTrainedTokenizerBase, rules: "list[ForbidRule]") -> dict[int | None, list[int]]:
+def forbid_rules(tokenizer: PreTrainedTokenizerBase, rules: list[ForbidRule]) -> dict[int | None, list[int]]:
     """Config rules (token strings) → token ids, failing with the config key when a token is not
     one token in this vocabulary (a rule that silently matched nothing would mask nothing)."""
     vocab = tokenizer.get_vocab()
@@ -122,6 +122,8 @@ def forbid_rules(tokenizer: PreTrainedTokenizerBase, rules: "list[ForbidRule]") 
     for i, r in enumerate(rules):
         for tok in ([r.after] if r.after else []) + list(r.tokens):
             if tok not in vocab:
-                raise ValueError(f"config key 'diagnostics.forbid[{i}]': '{tok}' is not a single token of this tokenizer")
+                raise ValueError(
+                    f"config key 'diagnostics.forbid[{i}]': '{tok}' is not a single token of this tokenizer"
+                )
         out.setdefault(vocab[r.after] if r.after else None, []).extend(vocab[t] for t in r.tokens)
     return out

@@ -12,8 +12,8 @@ from collections import Counter
 from typing import Any, Protocol
 
 from toolrl.core.diagnostics import output_state
-from toolrl.envs.base import Call, Task, cap_observation
 from toolrl.envs import make_env
+from toolrl.envs.base import Call, Task, cap_observation
 from toolrl.formats import Format
 
 Message = dict[str, str]
@@ -48,8 +48,14 @@ class Episode:
     finished. Each new user message gets a fresh `max_rounds_per_turn` budget.
     """
 
-    def __init__(self, task: Task, fmt: Format, max_rounds_per_turn: int = 4, irrelevance_check: bool = True,
-                 user: User | None = None):
+    def __init__(
+        self,
+        task: Task,
+        fmt: Format,
+        max_rounds_per_turn: int = 4,
+        irrelevance_check: bool = True,
+        user: User | None = None,
+    ):
         self.task = task
         self.user = user
         self.fmt = fmt
@@ -164,7 +170,8 @@ def state_matches(state: dict[str, Any], expected: dict[str, Any]) -> bool:
     """Every value `expected` names equals the state's (nested one level: class → attribute)."""
     return all(
         isinstance(state.get(k), dict) and all(state[k].get(a, _MISSING) == v for a, v in want.items())
-        if isinstance(want, dict) else state.get(k, _MISSING) == want
+        if isinstance(want, dict)
+        else state.get(k, _MISSING) == want
         for k, want in expected.items()
     )
 

@@ -127,8 +127,10 @@ def first_deviation(task: Task, fmt: Format, messages: list[Message]) -> Deviati
             ask = not t.rounds
             reason = CALL_INSTEAD_OF_ASK_BACK if ask else CALL_INSTEAD_OF_ANSWER
             if ask:
-                detail = (f"It called a tool, but the user left out a parameter, so it should ask back "
-                          f"({json.dumps(t.reply)}) and call nothing")
+                detail = (
+                    f"It called a tool, but the user left out a parameter, so it should ask back "
+                    f"({json.dumps(t.reply)}) and call nothing"
+                )
             else:
                 detail = "It called a tool, but every call of this turn was made, so it should answer"
             detail += f" (the call was also malformed: {parsed.error})." if parsed.error else "."
@@ -149,15 +151,23 @@ def first_deviation(task: Task, fmt: Format, messages: list[Message]) -> Deviati
         return Deviation(turn, step, reason, detail, text, shown, list(parsed.calls), list(owed))
     if turn >= len(task.turns):
         return None
-    return Deviation(turn, step, STOPPED_EARLY,
-                     f"The attempt stopped here, before turn {turn + 1} of {len(task.turns)} was done.",
-                     None, fmt.render_calls(owed) if owed else ANSWER, [], list(owed))
+    return Deviation(
+        turn,
+        step,
+        STOPPED_EARLY,
+        f"The attempt stopped here, before turn {turn + 1} of {len(task.turns)} was done.",
+        None,
+        fmt.render_calls(owed) if owed else ANSWER,
+        [],
+        list(owed),
+    )
 
 
 def render_transcript(messages: list[Message]) -> str:
     """The trajectory as readable plain text (the system prompt left out), one message a block."""
-    return "\n".join(f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}"
-                     for m in messages if m["role"] != "system")
+    return "\n".join(
+        f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages if m["role"] != "system"
+    )
 
 
 def rule_reflection(dev: Deviation) -> str:
@@ -256,6 +266,16 @@ def reflection_example(task: Task, fmt: Format, messages: list[Message], reflect
 
 
 __all__ = [
-    "ANSWER", "Deviation", "HFJudge", "Judge", "OpenAIJudge", "RuleJudge", "first_deviation", "judge_prompt",
-    "make_judge", "reflection_example", "render_transcript", "rule_reflection",
+    "ANSWER",
+    "Deviation",
+    "HFJudge",
+    "Judge",
+    "OpenAIJudge",
+    "RuleJudge",
+    "first_deviation",
+    "judge_prompt",
+    "make_judge",
+    "reflection_example",
+    "render_transcript",
+    "rule_reflection",
 ]

@@ -11,8 +11,9 @@ kind are a known cause of collapse in other frameworks, so tests check the mask 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -21,8 +22,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from toolrl.config import RolloutConfig
 from toolrl.core.diagnostics import ControlTokenProbe, ForbidPatterns
-from toolrl.envs.base import Task
 from toolrl.core.episode import Episode, Message, User, expert_messages
+from toolrl.envs.base import Task
 from toolrl.formats import Format
 from toolrl.models.chat import continuation, render
 
@@ -64,8 +65,9 @@ Generate = Callable[[list[list[int]]], list[list[int]]]
 
 def new_episode(task: Task, fmt: Format, cfg: RolloutConfig, users: Users | None = None) -> Episode:
     """`users` gives a task its simulated user, if it has one (ACEBench's multi_turn)."""
-    return Episode(task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check,
-                   user=users(task) if users is not None else None)
+    return Episode(
+        task, fmt, cfg.max_rounds_per_turn, cfg.irrelevance_check, user=users(task) if users is not None else None
+    )
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -108,8 +110,10 @@ def run(
         messages = ep.initial_messages()
         r = Rollout(ep, encode(tokenizer, render(tokenizer, messages, True)), messages=messages)
         if len(r.prompt_ids) >= cfg.max_total_tokens:
-            raise ValueError(f"task {ep.task.id}: its prompt is {len(r.prompt_ids)} tokens, not less than "
-                             f"rollout.max_total_tokens ({cfg.max_total_tokens}); raise that config key")
+            raise ValueError(
+                f"task {ep.task.id}: its prompt is {len(r.prompt_ids)} tokens, not less than "
+                f"rollout.max_total_tokens ({cfg.max_total_tokens}); raise that config key"
+            )
         if hints is not None and hints[i]:
             hinted = [{**messages[0], "content": messages[0]["content"] + "\n\n" + hints[i]}, *messages[1:]]
             r.sample_prompt_ids = encode(tokenizer, render(tokenizer, hinted, True))
@@ -133,8 +137,9 @@ def run(
             else:
                 # Several batches: their caches would all have to live until the next round (a
                 # 1.5B model's 64 × 16k-token cache is ~29 GB), so each is encoded afresh instead.
-                batches = [Batch(active[s : s + batch_size], tokenizer.pad_token_id)
-                           for s in range(0, len(active), batch_size)]
+                batches = [
+                    Batch(active[s : s + batch_size], tokenizer.pad_token_id) for s in range(0, len(active), batch_size)
+                ]
             for batch in batches:
                 with sdpa_kernel(GENERATION_ATTENTION):
                     _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id)
@@ -197,7 +202,7 @@ class Batch:
         self.mask = torch.cat([self.mask, sampled_mask, block_mask.view(rows, right)], 1)
         self.lengths = [n + k + len(t) for n, k, t in zip(self.lengths, kept, inserted)]
 
-    def select(self) -> "Batch":
+    def select(self) -> Batch:
         """This batch without its finished episodes, its cached part compacted."""
         keep = [i for i, r in enumerate(self.rollouts) if not r.episode.done]
         self.rollouts = [self.rollouts[i] for i in keep]
@@ -215,7 +220,8 @@ class Batch:
             index = rows.to(layer.keys.device)
             layer.keys = layer.keys[index].gather(2, take.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
             layer.values = layer.values[index].gather(
-                2, take.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
+                2, take.expand(-1, layer.values.shape[1], -1, layer.values.shape[3])
+            )
         return self
 
 
@@ -239,14 +245,24 @@ def _advance(
     if forbid is not None:
         forbid.reset(width)
         processors.append(forbid)
-    gen_kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": budget, "eos_token_id": eos_id,
-                                  "pad_token_id": pad, "logits_processor": processors}
+    gen_kwargs: dict[str, Any] = {
+        "do_sample": sample,
+        "max_new_tokens": budget,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad,
+        "logits_processor": processors,
+    }
     if sample:
         gen_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=batch.ids.to(model.device), attention_mask=batch.mask.to(model.device),
-                         use_cache=True, **{CACHE_KWARG: batch.cache}, **gen_kwargs)
+    out = model.generate(
+        input_ids=batch.ids.to(model.device),
+        attention_mask=batch.mask.to(model.device),
+        use_cache=True,
+        **{CACHE_KWARG: batch.cache},
+        **gen_kwargs,
+    )
     new = out[:, width:].cpu()
     lengths = []
     for row in new.tolist():
@@ -262,8 +278,9 @@ def _advance(
     batch.append(new, lengths, inserted)
 
 
-def _advance_with(generate: Generate, tokenizer: PreTrainedTokenizerBase, batch: list[Rollout], cfg: RolloutConfig,
-                  eos_id: int) -> None:
+def _advance_with(
+    generate: Generate, tokenizer: PreTrainedTokenizerBase, batch: list[Rollout], cfg: RolloutConfig, eos_id: int
+) -> None:
     """`_advance` through an external engine: the same message budget, cut at the first EOS."""
     contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
     for r, ctx, row in zip(batch, contexts, generate(contexts)):
@@ -273,7 +290,9 @@ def _advance_with(generate: Generate, tokenizer: PreTrainedTokenizerBase, batch:
         _consume(tokenizer, r, row[:n], eos_id, cfg)
 
 
-def _consume(tokenizer: PreTrainedTokenizerBase, r: Rollout, tokens: list[int], eos_id: int, cfg: RolloutConfig) -> None:
+def _consume(
+    tokenizer: PreTrainedTokenizerBase, r: Rollout, tokens: list[int], eos_id: int, cfg: RolloutConfig
+) -> None:
     """Append one assistant message's tokens (mask 1), let the environment answer, and append what
     the chat template inserts before the next assistant message (mask 0)."""
     r.completion_ids += tokens

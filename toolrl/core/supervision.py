@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from toolrl.envs.base import Task
 from toolrl.core.episode import Message, expert_messages
+from toolrl.envs.base import Task
 from toolrl.formats import Format
 
 
@@ -35,8 +35,10 @@ def hint_text(task: Task, fmt: Format) -> str:
 def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: list[list[Message]]) -> dict[str, torch.Tensor]:
     """Chat examples → right-padded `input_ids`, `attention_mask` and `labels` (-100 outside the
     assistant messages), as SFTTrainer's assistant-only loss sees them."""
-    rows = [tokenizer.apply_chat_template(m, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-            for m in examples]
+    rows = [
+        tokenizer.apply_chat_template(m, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        for m in examples
+    ]
     width = max(len(r["input_ids"]) for r in rows)
     pad = tokenizer.pad_token_id
     ids, att, labels = [], [], []
@@ -55,8 +57,13 @@ def token_weights(labels: torch.Tensor, value_ids: torch.Tensor, value_weight: f
     return torch.where(torch.isin(target, value_ids.to(target.device)), value_weight, 1.0) * mask
 
 
-def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, value_ids: torch.Tensor, value_weight: float,
-                 normalizer: float | None = None) -> torch.Tensor:
+def weighted_nll(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    value_ids: torch.Tensor,
+    value_weight: float,
+    normalizer: float | None = None,
+) -> torch.Tensor:
     """Next-token cross-entropy on labelled tokens, argument-value tokens weighted by `value_weight`
     and normalised by the total weight (weight 1 is the usual token-mean loss). A micro-batch
     passes its whole batch's total weight as `normalizer`, so the accumulated loss is the
@@ -69,7 +76,9 @@ def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, value_ids: torch.Te
     return (nll.view_as(weight) * weight).sum() / total
 
 
-def control_penalty(logits: torch.Tensor, labels: torch.Tensor, control_ids: torch.Tensor, threshold: float) -> torch.Tensor:
+def control_penalty(
+    logits: torch.Tensor, labels: torch.Tensor, control_ids: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """The ctrl signal's loss: mean over expert assistant positions whose next token is no control
     token of relu(log p(c) − log threshold), summed over control tokens c. Only spikes above the
     threshold are pushed down, so a healthy model (p ≈ 0 there) feels no gradient at all."""

@@ -44,8 +44,9 @@ import json
 import logging
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from toolrl.config import ACEBenchConfig, WorldConfig
 from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
@@ -87,8 +88,10 @@ def load_tasks(cfg: ACEBenchConfig) -> list[Task]:
     tasks: list[Task] = []
     for category in cfg.categories:
         if category == "multi_turn" and cfg.user is None:
-            log.warning("ACEBench multi_turn tasks skipped: they need a simulated user "
-                        "(set world.bfcl.acebench.user to an hf or openai LLM)")
+            log.warning(
+                "ACEBench multi_turn tasks skipped: they need a simulated user "
+                "(set world.bfcl.acebench.user to an hf or openai LLM)"
+            )
             continue
         tasks += _category_tasks(root, category)
     return tasks
@@ -117,10 +120,23 @@ def _category_tasks(root: Path, category: str) -> list[Task]:
         for cls in classes:
             _class_file(root, category, cls, where)
         expected = merged_ground_truth(answers[item["id"]]["ground_truth"], classes, item["id"])
-        init = {"checkout": str(root), "category": category, "initial_config": item["initial_config"],
-                "involved_classes": classes, "functions": item["function"]}
-        tasks.append(Task(item["id"], "acebench", init, [Turn(item["question"], [], expected_state=expected)],
-                          [category], "acebench"))
+        init = {
+            "checkout": str(root),
+            "category": category,
+            "initial_config": item["initial_config"],
+            "involved_classes": classes,
+            "functions": item["function"],
+        }
+        tasks.append(
+            Task(
+                item["id"],
+                "acebench",
+                init,
+                [Turn(item["question"], [], expected_state=expected)],
+                [category],
+                "acebench",
+            )
+        )
     return tasks
 
 
@@ -166,8 +182,12 @@ def merged_ground_truth(ground_truth: list[dict[str, Any]], classes: list[str], 
             if key in classes:
                 merged.setdefault(key, {}).update(attributes)
             else:
-                log.warning("%s: the possible answer's class '%s' is none of %s; not checked, as in ACEBench",
-                            task_id, key, classes)
+                log.warning(
+                    "%s: the possible answer's class '%s' is none of %s; not checked, as in ACEBench",
+                    task_id,
+                    key,
+                    classes,
+                )
     return merged
 
 
@@ -218,8 +238,9 @@ class ACEBenchEnv:
     def state(self) -> dict[str, Any]:
         """{class: {public attribute: value}}, JSON-normalised (integer keys become strings)
         because the possible answers were written as JSON, like ACEBench's saved snapshots."""
-        snapshot = {cls: {k: v for k, v in vars(inst).items() if not k.startswith("_")}
-                    for cls, inst in self._instances.items()}
+        snapshot = {
+            cls: {k: v for k, v in vars(inst).items() if not k.startswith("_")} for cls, inst in self._instances.items()
+        }
         return json.loads(json.dumps(snapshot, default=str))
 
     def begin_turn(self, index: int) -> None:
@@ -262,7 +283,7 @@ def scenario_class(checkout: str, category: str, name: str) -> type:
     return cls
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(checkout: str, path: str) -> types.ModuleType:
     """Import one scenario file by its path (cached: modules are shared, instances never are)."""
     name = "_acebench_" + hashlib.sha1(path.encode()).hexdigest()[:12] + "_" + Path(path).stem
@@ -284,9 +305,18 @@ def _module(checkout: str, path: str) -> types.ModuleType:
 
 # JSON-schema types of ACEBench's docs → the Python types a value may have.
 _TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "int": (int,), "number": (int, float), "float": (int, float),
-    "boolean": (bool,), "bool": (bool,), "list": (list,), "array": (list,), "tuple": (list,),
-    "dict": (dict,), "object": (dict,),
+    "string": (str,),
+    "integer": (int,),
+    "int": (int,),
+    "number": (int, float),
+    "float": (int, float),
+    "boolean": (bool,),
+    "bool": (bool,),
+    "list": (list,),
+    "array": (list,),
+    "tuple": (list,),
+    "dict": (dict,),
+    "object": (dict,),
 }
 
 
@@ -374,8 +404,10 @@ class SimulatedUser:
 
     def __init__(self, llm: Chat, instruction: str, classes: list[str]):
         self._llm = llm
-        self._history = [{"role": "system", "content": user_prompt(instruction, classes)},
-                         {"role": "user", "content": GREETING}]
+        self._history = [
+            {"role": "system", "content": user_prompt(instruction, classes)},
+            {"role": "user", "content": GREETING},
+        ]
         self._opening: str | None = None
 
     def opening(self) -> str:

@@ -30,7 +30,10 @@ def cap_observation(text: str) -> str:
     cut, instead of the whole episode failing on a context that no longer fits."""
     if len(text) <= MAX_OBSERVATION_CHARS:
         return text
-    return text[:MAX_OBSERVATION_CHARS] + f"\n[output cut: {len(text):,} characters, the limit is {MAX_OBSERVATION_CHARS:,}]"
+    return (
+        text[:MAX_OBSERVATION_CHARS]
+        + f"\n[output cut: {len(text):,} characters, the limit is {MAX_OBSERVATION_CHARS:,}]"
+    )
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,17 @@ class Task:
         return asdict(self)
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "Task":
+    def from_json(d: dict[str, Any]) -> Task:
         turns = [
-            Turn(t["question"], [[Call(c["name"], c["arguments"]) for c in r] for r in t["rounds"]], t["reply"],
-                 t.get("expected_state"))
+            Turn(
+                t["question"],
+                [[Call(c["name"], c["arguments"]) for c in r] for r in t["rounds"]],
+                t["reply"],
+                t.get("expected_state"),
+            )
             for t in d["turns"]
         ]
-        return Task(d["id"], d["domain"], d["init"], turns, list(d.get("features", [])),
-                    d.get("backend", "synthetic"))
+        return Task(d["id"], d["domain"], d["init"], turns, list(d.get("features", [])), d.get("backend", "synthetic"))
 
 
 class ToolEnv(Protocol):

@@ -22,8 +22,9 @@ import inspect
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from toolrl.config import BFCL_CATEGORIES, BFCL_CLASSES, check
 from toolrl.envs.base import Call, Task, Turn, argument_problem, time_limit
@@ -197,8 +198,14 @@ def to_task(entry: dict[str, Any], gt: list[list[str]], category: str) -> Task:
     return Task(entry["id"], category, init, turns, [category], backend="bfcl")
 
 
-def make_splits(categories_train: list[str], categories_test: list[str], seed: int, n_train: int, n_test: int,
-                held_out_classes: list[str]) -> dict[str, list[Task]]:
+def make_splits(
+    categories_train: list[str],
+    categories_test: list[str],
+    seed: int,
+    n_train: int,
+    n_test: int,
+    held_out_classes: list[str],
+) -> dict[str, list[Task]]:
     """rl: the train indices of the train categories; id: the test indices of the test
     categories. With `held_out_classes`, a task that involves one of them leaves rl and id and
     its test variants form content_ood (a split by API class for runs without ACEBench)."""
@@ -233,8 +240,9 @@ class BFCLEnv:
         for cls in init["involved_classes"]:
             inst = api_class(cls)()
             if cls not in stateless:
-                inst._load_scenario(copy.deepcopy(init["initial_config"].get(cls, {})),
-                                    long_context=init["long_context"])
+                inst._load_scenario(
+                    copy.deepcopy(init["initial_config"].get(cls, {})), long_context=init["long_context"]
+                )
             # Loading puts module-level dicts into the instance by reference; the copy makes
             # every later change this episode's alone.
             self._instances[cls] = copy.deepcopy(inst)
@@ -274,8 +282,9 @@ class BFCLEnv:
 
     def state(self) -> dict[str, Any]:
         """Public attributes per class: what BFCL's state checker compares (with `!=`)."""
-        return {cls: {a: v for a, v in vars(inst).items() if not a.startswith("_")}
-                for cls, inst in self._instances.items()}
+        return {
+            cls: {a: v for a, v in vars(inst).items() if not a.startswith("_")} for cls, inst in self._instances.items()
+        }
 
 
 def stringify(result: Any) -> str:
@@ -291,8 +300,13 @@ def stringify(result: Any) -> str:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "float": (int, float), "boolean": (bool,), "array": (list,),
-    "dict": (dict,), "object": (dict,),
+    "string": (str,),
+    "integer": (int,),
+    "float": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "dict": (dict,),
+    "object": (dict,),
 }
 
 
@@ -356,29 +370,52 @@ class BFCL(Backend):
     @classmethod
     def validate(cls, cfg: Config) -> None:
         b = cfg.world.bfcl
-        check(cfg.world.prompt_style == "full", "world.prompt_style",
-               "the bfcl backend shows the function docs as they are: set it to full")
-        for key, cats in (("world.bfcl.train_categories", b.train_categories), ("world.bfcl.test_categories", b.test_categories)):
+        check(
+            cfg.world.prompt_style == "full",
+            "world.prompt_style",
+            "the bfcl backend shows the function docs as they are: set it to full",
+        )
+        for key, cats in (
+            ("world.bfcl.train_categories", b.train_categories),
+            ("world.bfcl.test_categories", b.test_categories),
+        ):
             check(len(cats) > 0, key, "must not be empty")
             for c in cats:
                 check(c in BFCL_CATEGORIES, key, f"unknown category '{c}' (choose from {', '.join(BFCL_CATEGORIES)})")
         for key, n in (("world.bfcl.n_train", b.n_train), ("world.bfcl.n_test", b.n_test)):
             check(0 < n <= 100, key, f"must be in [1, 100] (each half of the 200 scenarios), got {n}")
         for c in b.held_out_classes:
-            check(c in BFCL_CLASSES, "world.bfcl.held_out_classes", f"unknown API class '{c}' (choose from {', '.join(BFCL_CLASSES)})")
+            check(
+                c in BFCL_CLASSES,
+                "world.bfcl.held_out_classes",
+                f"unknown API class '{c}' (choose from {', '.join(BFCL_CLASSES)})",
+            )
         a = b.acebench
-        check(a.path is not None or bool(b.held_out_classes), "world.bfcl.acebench.path",
-               "content_ood for the bfcl backend needs an ACEBench checkout (world.bfcl.acebench.path) "
-               "or held-out API classes (world.bfcl.held_out_classes)")
+        check(
+            a.path is not None or bool(b.held_out_classes),
+            "world.bfcl.acebench.path",
+            "content_ood for the bfcl backend needs an ACEBench checkout (world.bfcl.acebench.path) "
+            "or held-out API classes (world.bfcl.held_out_classes)",
+        )
         if a.path is not None:
             check(Path(a.path).is_dir(), "world.bfcl.acebench.path", f"folder '{a.path}' does not exist")
         for c in a.categories:
-            check(c in ("multi_step", "multi_turn"), "world.bfcl.acebench.categories",
-                   f"unknown category '{c}' (choose from multi_step, multi_turn)")
+            check(
+                c in ("multi_step", "multi_turn"),
+                "world.bfcl.acebench.categories",
+                f"unknown category '{c}' (choose from multi_step, multi_turn)",
+            )
         if a.user is not None:
-            check(a.path is not None, "world.bfcl.acebench.user", "a simulated user needs ACEBench tasks: set world.bfcl.acebench.path")
-            check(a.user.kind in ("hf", "openai"), "world.bfcl.acebench.user.kind",
-                   f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'")
+            check(
+                a.path is not None,
+                "world.bfcl.acebench.user",
+                "a simulated user needs ACEBench tasks: set world.bfcl.acebench.path",
+            )
+            check(
+                a.user.kind in ("hf", "openai"),
+                "world.bfcl.acebench.user.kind",
+                f"a simulated user is an LLM: choose from hf, openai, got '{a.user.kind}'",
+            )
 
     @classmethod
     def rl_task_count(cls, world: WorldConfig) -> int:
@@ -388,8 +425,9 @@ class BFCL(Backend):
     def make_splits(cls, world: WorldConfig) -> dict[str, list[Task]]:
         """The warm-up (SFT before RL, if any) sees the training tasks only."""
         b = world.bfcl
-        splits = make_splits(b.train_categories, b.test_categories, b.split_seed, b.n_train, b.n_test,
-                             b.held_out_classes)
+        splits = make_splits(
+            b.train_categories, b.test_categories, b.split_seed, b.n_train, b.n_test, b.held_out_classes
+        )
         if b.acebench.path is not None:
             from toolrl.envs import acebench
 

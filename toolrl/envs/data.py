@@ -14,8 +14,28 @@ from toolrl.envs.synthetic import VALUES
 from toolrl.io import read_jsonl, write_jsonl
 
 SPLIT_FILES = ("warmup", "rl", "id", "content_ood")
-_FILLER = ["the", "a", "to", "please", "now", "for", "my", "and", "then", "with",
-           "it", "so", "on", "at", "just", "one", "more", "that", "this", "ok"]
+_FILLER = [
+    "the",
+    "a",
+    "to",
+    "please",
+    "now",
+    "for",
+    "my",
+    "and",
+    "then",
+    "with",
+    "it",
+    "so",
+    "on",
+    "at",
+    "just",
+    "one",
+    "more",
+    "that",
+    "this",
+    "ok",
+]
 
 
 def make_splits(world: WorldConfig) -> dict[str, list[Task]]:

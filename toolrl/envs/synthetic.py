@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import random
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from toolrl.envs.base import Call, Task, Turn
 from toolrl.plugins import Backend
@@ -238,7 +239,10 @@ PHRASES: dict[str, list[str]] = {
     "freeze_card": ["freeze card {card}", "block card {card}"],
     "add_event": ["add {title} on {day}", "put {title} on {day}"],
     "cancel_event": ["cancel {title}", "drop {title} from my calendar"],
-    "set_reminder": ["remind me of {title} {minutes} minutes before", "set a reminder for {title} {minutes} minutes ahead"],
+    "set_reminder": [
+        "remind me of {title} {minutes} minutes before",
+        "set a reminder for {title} {minutes} minutes ahead",
+    ],
     "set_light": ["set the light in {room} to {level}", "dim {room} to {level}"],
     "lock_door": ["lock door {door}", "please lock door {door}"],
     "play_music": ["play {song} in {room}", "put on {song} in {room}"],
@@ -266,8 +270,14 @@ ASK_PHRASES: dict[str, str] = {
     "gift": "send {friend} a gift",
 }
 ASK_MISSING: dict[str, str] = {
-    "transfer": "amount", "pay_bill": "amount", "add_event": "day", "set_reminder": "minutes",
-    "set_light": "level", "play_music": "song", "invite": "day", "gift": "price",
+    "transfer": "amount",
+    "pay_bill": "amount",
+    "add_event": "day",
+    "set_reminder": "minutes",
+    "set_light": "level",
+    "play_music": "song",
+    "invite": "day",
+    "gift": "price",
 }
 
 
@@ -360,8 +370,15 @@ def _tasks(cfg: WorldConfig, split: str, domains: list[str], n: int, exclude: se
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"world: cannot draw {n} distinct held-out '{split}' tasks; lower world.n_eval_tasks")
-        t = make_task(rng, f"{split}-{len(out):05d}", rng.choice(domains), cfg.turns_choices, cfg.calls_choices,
-                      cfg.chain_prob, cfg.ask_back_prob)
+        t = make_task(
+            rng,
+            f"{split}-{len(out):05d}",
+            rng.choice(domains),
+            cfg.turns_choices,
+            cfg.calls_choices,
+            cfg.chain_prob,
+            cfg.ask_back_prob,
+        )
         if signature(t) in exclude:
             continue
         if split in ("id", "content_ood"):

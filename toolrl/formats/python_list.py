@@ -21,9 +21,11 @@ class PythonList(Format):
         )
 
     def render_calls(self, calls: list[Call]) -> str:
-        return "[" + ", ".join(
-            f"{c.name}(" + ", ".join(f"{k}={v!r}" for k, v in c.arguments.items()) + ")" for c in calls
-        ) + "]"
+        return (
+            "["
+            + ", ".join(f"{c.name}(" + ", ".join(f"{k}={v!r}" for k, v in c.arguments.items()) + ")" for c in calls)
+            + "]"
+        )
 
     def parse(self, text: str) -> Parsed:
         body = text.strip()

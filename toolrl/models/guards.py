@@ -39,8 +39,9 @@ class NonFiniteGuard(TrainerCallback):
         self.mode = mode
         self.skipped: list[int] = []
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
-                              **kwargs: Any) -> None:
+    def on_pre_optimizer_step(
+        self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None, **kwargs: Any
+    ) -> None:
         if model is None:
             return
         bad = _bad_grads(model)

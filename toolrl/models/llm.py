@@ -45,9 +45,10 @@ class HFChat:
             prompt = "\n\n".join(m["content"] for m in messages) + f"\n\n{cue}\n"
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=tok.pad_token_id)
-        return str(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
+            out = self.model.generate(
+                **enc, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id
+            )
+        return str(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
 
 
 class OpenAIChat:
@@ -60,8 +61,9 @@ class OpenAIChat:
             raise ValueError(f"{where}: the openai {self.role} needs `url` and `model`")
         key = os.environ.get(cfg.api_key_env)
         if not key:
-            raise ValueError(f"{where}: the environment variable '{cfg.api_key_env}' "
-                             "(api_key_env) holding the API key is not set")
+            raise ValueError(
+                f"{where}: the environment variable '{cfg.api_key_env}' (api_key_env) holding the API key is not set"
+            )
         self.url = cfg.url.rstrip("/") + "/chat/completions"
         self.model = cfg.model
         self.timeout_s = cfg.timeout_s
@@ -70,8 +72,12 @@ class OpenAIChat:
     def chat(self, messages: list[Message]) -> str:
         """The endpoint's reply to a chat (urllib, so no client package is needed)."""
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0})
-        req = urllib.request.Request(self.url, data=body.encode(), method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
+        req = urllib.request.Request(
+            self.url,
+            data=body.encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
+        )
         where = f"{self.role} endpoint {self.url}"
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:

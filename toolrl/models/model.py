@@ -7,18 +7,18 @@ template), so every later stage loads it exactly as it would load Qwen2.5-1.5B-I
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from toolrl.models import checkpoint
 from toolrl.config import TinyModelConfig
-from toolrl.models.guards import check_finite, nonfinite_weights
 from toolrl.io import atomic_dir
-
+from toolrl.models import checkpoint
+from toolrl.models.guards import check_finite, nonfinite_weights
 
 PAD, EOS, BOS = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CONTROL_TOKENS = [PAD, BOS, EOS, "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
@@ -126,18 +126,25 @@ def load(path: str | Path, enable_thinking: bool | None = None) -> tuple[torch.n
             checkpoint.read_json(p, checkpoint.TOKENIZER_JSON)  # names it if the file is not JSON
         raise ValueError(f"cannot load the tokenizer of model checkpoint '{path}': {_first_line(e)}") from e
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, ignore_mismatched_sizes=True,
-                                                           output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True
+        )
     except Exception as e:
         raise ValueError(f"cannot load model checkpoint '{path}': {_first_line(e)}") from e
     if info["mismatched_keys"]:
         name, stored, wanted = min(info["mismatched_keys"])
-        raise checkpoint.CorruptCheckpoint(p, f"config.json does not fit the weights: {name} is {list(stored)} in the "
-                                              f"file, {list(wanted)} by config.json "
-                                              f"({_tensors(len(info['mismatched_keys']))} differ)")
+        raise checkpoint.CorruptCheckpoint(
+            p,
+            f"config.json does not fit the weights: {name} is {list(stored)} in the "
+            f"file, {list(wanted)} by config.json "
+            f"({_tensors(len(info['mismatched_keys']))} differ)",
+        )
     if info["missing_keys"]:
-        raise checkpoint.CorruptCheckpoint(p, f"the weights lack {_tensors(len(info['missing_keys']))} that config.json "
-                                              f"needs (first: {min(info['missing_keys'])})")
+        raise checkpoint.CorruptCheckpoint(
+            p,
+            f"the weights lack {_tensors(len(info['missing_keys']))} that config.json "
+            f"needs (first: {min(info['missing_keys'])})",
+        )
     bad = nonfinite_weights(model)
     if bad:
         raise checkpoint.CorruptCheckpoint(p, f"{_tensors(len(bad))} of weights hold NaN or inf (first: {bad[0]})")

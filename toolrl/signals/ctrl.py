@@ -16,11 +16,22 @@ class CtrlConfig:
     positions of `batch_size` expert trajectories where the expert emits neither; clamp: forbid
     the collapsed patterns (`diagnostics.forbid`) while sampling rollouts."""
 
-    mode: str = field(default="penalty", metadata={"help": "penalty (a loss term) or clamp (a sampling mask)",
-                                                   "enum": ["penalty", "clamp"]})
+    mode: str = field(
+        default="penalty",
+        metadata={"help": "penalty (a loss term) or clamp (a sampling mask)", "enum": ["penalty", "clamp"]},
+    )
     coef: float = field(default=1.0, metadata={"help": "weight of the penalty in the loss", "minimum": 0})
-    threshold: float = field(default=0.01, metadata={"help": "probability above which a control token is penalised", "exclusiveMinimum": 0, "exclusiveMaximum": 1})
-    batch_size: int = field(default=8, metadata={"help": "expert trajectories per RL step for the penalty", "minimum": 1})
+    threshold: float = field(
+        default=0.01,
+        metadata={
+            "help": "probability above which a control token is penalised",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+        },
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "expert trajectories per RL step for the penalty", "minimum": 1}
+    )
 
 
 class Ctrl(Signal):
@@ -51,5 +62,11 @@ class Ctrl(Signal):
             return []
         from toolrl.core.supervision import control_penalty
 
-        return [LossTerm("ctrl_penalty", c.coef, c.batch_size,
-                         lambda logits, labels: control_penalty(logits, labels, ctx.control_ids, c.threshold))]
+        return [
+            LossTerm(
+                "ctrl_penalty",
+                c.coef,
+                c.batch_size,
+                lambda logits, labels: control_penalty(logits, labels, ctx.control_ids, c.threshold),
+            )
+        ]

@@ -20,8 +20,10 @@ class ETSConfig:
     all: a whole group must have failed."""
 
     window: int = field(default=10, metadata={"help": "RL steps whose failures select SFT tasks", "minimum": 1})
-    rule: str = field(default="any", metadata={"help": "any: one failed rollout selects a task; all: a whole group",
-                                               "enum": ["any", "all"]})
+    rule: str = field(
+        default="any",
+        metadata={"help": "any: one failed rollout selects a task; all: a whole group", "enum": ["any", "all"]},
+    )
 
 
 class ETS(Signal):

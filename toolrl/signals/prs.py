@@ -31,13 +31,19 @@ class PRS(ETS):
     @classmethod
     def validate(cls, cfg: Config, used: bool) -> None:
         j = cfg.signals.prs.judge
-        check(j.kind in ("rule", "hf", "openai"), "signals.prs.judge.kind",
-              f"choose from rule, hf, openai, got '{j.kind}'")
+        check(
+            j.kind in ("rule", "hf", "openai"),
+            "signals.prs.judge.kind",
+            f"choose from rule, hf, openai, got '{j.kind}'",
+        )
         if j.kind == "hf":
             check(j.model is not None, "signals.prs.judge.model", "the hf judge needs a model path")
         if j.kind == "openai":
-            check(j.url is not None and j.model is not None, "signals.prs.judge.url",
-                  "the openai judge needs url and model")
+            check(
+                j.url is not None and j.model is not None,
+                "signals.prs.judge.url",
+                "the openai judge needs url and model",
+            )
 
     def setup(self, ctx: CellContext) -> None:
         from toolrl.core import reflect
@@ -47,6 +53,10 @@ class PRS(ETS):
     def more_examples(self, ctx: CellContext, chosen: dict[str, GroupOutcome]) -> list[list[Message]]:
         from toolrl.core import reflect
 
-        return [reflect.reflection_example(ctx.tasks[t], ctx.fmt, g.failed_messages,
-                                           self.judge.reflect(ctx.tasks[t], ctx.fmt, g.failed_messages))
-                for t, g in sorted(chosen.items()) if g.failed_messages]
+        return [
+            reflect.reflection_example(
+                ctx.tasks[t], ctx.fmt, g.failed_messages, self.judge.reflect(ctx.tasks[t], ctx.fmt, g.failed_messages)
+            )
+            for t, g in sorted(chosen.items())
+            if g.failed_messages
+        ]

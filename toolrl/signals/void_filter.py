@@ -12,7 +12,8 @@ class VoidFilter(Signal):
     summary = "trajectories with a void message contribute no token to the loss (SimpleTIR)"
     schemes = ("rl",)
 
-    def filter_rollouts(self, rollouts: list[Any], masks: list[list[int]], metrics: dict[str, float]
-                        ) -> list[list[int]]:
+    def filter_rollouts(
+        self, rollouts: list[Any], masks: list[list[int]], metrics: dict[str, float]
+    ) -> list[list[int]]:
         metrics["void_filtered"] = sum(r.episode.voids > 0 for r in rollouts) / len(rollouts)
         return [[0] * len(m) if r.episode.voids else m for r, m in zip(rollouts, masks)]

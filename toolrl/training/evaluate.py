@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from toolrl import plugins
-from toolrl.core import rollout
 from toolrl.config import Config, RolloutConfig
+from toolrl.core import rollout
 from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
 from toolrl.envs.base import Task
 from toolrl.formats import Format, get_format
@@ -25,8 +25,15 @@ def split_source(cfg: Config, split: str) -> tuple[str, str]:
     }[split]
 
 
-def run(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format,
-        cfg: RolloutConfig, forbid: ForbidPatterns | None = None, users: rollout.Users | None = None) -> dict[str, Any]:
+def run(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    fmt: Format,
+    cfg: RolloutConfig,
+    forbid: ForbidPatterns | None = None,
+    users: rollout.Users | None = None,
+) -> dict[str, Any]:
     rollouts = rollout.run(model, tokenizer, tasks, fmt, cfg, sample=False, forbid=forbid, users=users)
     records = [r.episode.summary() for r in rollouts]
     n = len(records)
@@ -39,8 +46,9 @@ def run(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tasks: list[
     }
 
 
-def run_split(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config, split: str,
-              tasks: list[Task]) -> dict[str, Any]:
+def run_split(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config, split: str, tasks: list[Task]
+) -> dict[str, Any]:
     """The greedy evaluation; on `diagnostics.restore_splits` also the restoration probe: the same
     evaluation with the collapsed patterns masked out, which tells a model that lost the skill
     from one whose skill is only hidden behind a control-token spike."""

@@ -17,23 +17,24 @@ import os
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from toolrl.models import model as models
-from toolrl.core import rollout
 from toolrl.config import Config, RLConfig, RolloutConfig
-from toolrl.plugins import CellContext, LossTerm, PhaseData, Scheme, Signal, schemes, signals
+from toolrl.core import rollout
 from toolrl.core.diagnostics import STATES
-from toolrl.envs.base import Task
 from toolrl.core.episode import Message
-from toolrl.formats import Format
 from toolrl.core.supervision import ExpertPool, FailureLog, GroupOutcome, encode_examples, token_weights, weighted_nll
+from toolrl.envs.base import Task
+from toolrl.formats import Format
+from toolrl.models import model as models
+from toolrl.plugins import CellContext, LossTerm, PhaseData, Scheme, Signal, schemes, signals
 from toolrl.training.warmup import value_token_ids
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -105,10 +106,18 @@ class MultiTurnRollout:
         kinds = [self.signal.member_kind(i % self.n) for i in range(len(prompts))]
         hints = [self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds)]
         sampled_idx = [i for i, k in enumerate(kinds) if k != "expert"]
-        sampled = rollout.run(model, tok, [self.tasks[prompts[i]] for i in sampled_idx], fmt,
-                              self.cfg, sample=True, temperature=self.temperature,
-                              hints=[hints[i] for i in sampled_idx], forbid=self.mask,
-                              generate=None if self.mask is not None else vllm_generate(trainer, self.cfg.max_new_tokens))
+        sampled = rollout.run(
+            model,
+            tok,
+            [self.tasks[prompts[i]] for i in sampled_idx],
+            fmt,
+            self.cfg,
+            sample=True,
+            temperature=self.temperature,
+            hints=[hints[i] for i in sampled_idx],
+            forbid=self.mask,
+            generate=None if self.mask is not None else vllm_generate(trainer, self.cfg.max_new_tokens),
+        )
         rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
         for i, r in zip(sampled_idx, sampled):
             rs[i] = r
@@ -116,8 +125,10 @@ class MultiTurnRollout:
             if k == "expert":
                 rs[i] = rollout.replay(tok, self.tasks[prompts[i]], fmt, self.cfg)
                 if not rs[i].success:  # truncated: GRPO would push the ground truth down
-                    raise ValueError(f"the expert trajectory of task {prompts[i]} does not fit the rollout budget; "
-                                     "raise config keys rollout.max_total_tokens / rollout.max_messages")
+                    raise ValueError(
+                        f"the expert trajectory of task {prompts[i]} does not fit the rollout budget; "
+                        "raise config keys rollout.max_total_tokens / rollout.max_messages"
+                    )
         self.rl_steps += 1
         self._record(prompts, rs)
         policy = [r for r in rs if r.kind == "policy"]
@@ -183,8 +194,16 @@ class ToolGRPOTrainer(GRPOTrainer):
 
     args: ToolGRPOConfig
 
-    def __init__(self, *args: Any, ctx: CellContext, signal: Signal, scheme: Scheme, source: MultiTurnRollout,
-                 extra: dict[str, float], **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        ctx: CellContext,
+        signal: Signal,
+        scheme: Scheme,
+        source: MultiTurnRollout,
+        extra: dict[str, float],
+        **kwargs: Any,
+    ):
         super().__init__(*args, rollout_func=source, **kwargs)
         self.ctx = ctx
         self.signal = signal
@@ -264,8 +283,9 @@ class ToolGRPOTrainer(GRPOTrainer):
 class StepLogger(TrainerCallback):
     """Joins TRL's per-step logs with the rollout's diagnostics into one record per step."""
 
-    def __init__(self, plan: Plan, source: MultiTurnRollout, extra: dict[str, float],
-                 on_step: Callable[[dict[str, Any]], None]):
+    def __init__(
+        self, plan: Plan, source: MultiTurnRollout, extra: dict[str, float], on_step: Callable[[dict[str, Any]], None]
+    ):
         self.plan = plan
         self.source = source
         self.extra = extra
@@ -297,18 +317,32 @@ def use_vllm(rl: RLConfig) -> bool:
     return torch.cuda.is_available() and installed
 
 
-def cell_context(cfg: Config, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format,
-                 seed: int) -> CellContext:
+def cell_context(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], fmt: Format, seed: int
+) -> CellContext:
     """What a cell's hooks share: its RL tasks, their expert pool (seeded by the cell), the token ids
     the supervised losses weight and the control tokens."""
     return CellContext(
-        cfg=cfg, tokenizer=tokenizer, fmt=fmt, tasks={t.id: t for t in tasks}, pool=ExpertPool(tasks, fmt, seed),
+        cfg=cfg,
+        tokenizer=tokenizer,
+        fmt=fmt,
+        tasks={t.id: t for t in tasks},
+        pool=ExpertPool(tasks, fmt, seed),
         value_ids=torch.tensor(value_token_ids(tokenizer), dtype=torch.long),
-        control_ids=torch.tensor(sorted(rollout.control_token_ids(tokenizer).values())), seed=seed)
+        control_ids=torch.tensor(sorted(rollout.control_token_ids(tokenizer).values())),
+        seed=seed,
+    )
 
 
-def train(model: torch.nn.Module, ctx: CellContext, signal: Signal, scheme: Scheme, learning_rate: float,
-          on_step: Callable[[dict[str, Any]], None], guard: TrainerCallback | None = None) -> ToolGRPOTrainer:
+def train(
+    model: torch.nn.Module,
+    ctx: CellContext,
+    signal: Signal,
+    scheme: Scheme,
+    learning_rate: float,
+    on_step: Callable[[dict[str, Any]], None],
+    guard: TrainerCallback | None = None,
+) -> ToolGRPOTrainer:
     """GRPO for one cell (a scheme's SFT before RL, if any, ran before this). Returns the trainer,
     whose optimizer state tests inspect."""
     cfg = ctx.cfg

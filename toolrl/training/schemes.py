@@ -5,8 +5,9 @@ scheme gets the same number of RL steps (`rl.steps`); other packages add schemes
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from toolrl.config import Config, check
 from toolrl.plugins import CellContext, LossTerm, Scheme
@@ -25,20 +26,33 @@ class Sequential(Scheme):
     summary = "SFT (sft.steps), then RL with a fresh optimizer"
     reads = ("sft",)
 
-    def before_rl(self, ctx: CellContext, model: Any, on_step: Callable[[dict[str, Any]], None],
-                  callbacks: list[Any]) -> int:
+    def before_rl(
+        self, ctx: CellContext, model: Any, on_step: Callable[[dict[str, Any]], None], callbacks: list[Any]
+    ) -> int:
         from toolrl.core.episode import expert_messages
         from toolrl.training import sft
 
         s, seed = self.cfg.sft, ctx.seed
         rng = random.Random(f"{self.cfg.world.seed}:sft:{seed}")
         tasks = list(ctx.tasks.values())
-        examples = sft.curriculum(lambda: expert_messages(rng.choice(tasks), ctx.fmt), lambda: [], s.steps,
-                                  s.batch_size, seed=seed)
-        history = sft.train(model, ctx.tokenizer, examples, steps=s.steps, batch_size=s.batch_size,
-                            learning_rate=s.learning_rate, warmup_steps=0, value_token_ids=ctx.value_ids.tolist(),
-                            value_weight=s.value_weight, seed=seed, log_every=max(1, s.steps // 10),
-                            gradient_checkpointing=self.cfg.model.gradient_checkpointing, callbacks=callbacks)
+        examples = sft.curriculum(
+            lambda: expert_messages(rng.choice(tasks), ctx.fmt), lambda: [], s.steps, s.batch_size, seed=seed
+        )
+        history = sft.train(
+            model,
+            ctx.tokenizer,
+            examples,
+            steps=s.steps,
+            batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            warmup_steps=0,
+            value_token_ids=ctx.value_ids.tolist(),
+            value_weight=s.value_weight,
+            seed=seed,
+            log_every=max(1, s.steps // 10),
+            gradient_checkpointing=self.cfg.model.gradient_checkpointing,
+            callbacks=callbacks,
+        )
         for h in history:
             if "loss" in h:
                 on_step({"phase": "sft", "step": h["step"], "sft_loss": h["loss"]})
@@ -72,8 +86,14 @@ class Synchronous(Scheme):
         from toolrl.core.supervision import weighted_nll
 
         weight = self.cfg.sft.value_weight
-        return [LossTerm("sync_sft_loss", s.sft_weight, s.batch_size,
-                         lambda logits, labels: weighted_nll(logits, labels, ctx.value_ids, weight))]
+        return [
+            LossTerm(
+                "sync_sft_loss",
+                s.sft_weight,
+                s.batch_size,
+                lambda logits, labels: weighted_nll(logits, labels, ctx.value_ids, weight),
+            )
+        ]
 
 
 @dataclass
@@ -82,8 +102,10 @@ class InterleavedConfig:
     budget) with an SFT phase of `sft_steps` steps (sft.learning_rate, sft.batch_size) between
     consecutive RL phases, all in one trainer: optimizer state and step counter carry over."""
 
-    rl_phases: list[int] = field(default_factory=lambda: [2, 3, 3],
-                                 metadata={"help": "must sum to rl.steps", "minItems": 1, "items": {"minimum": 1}})
+    rl_phases: list[int] = field(
+        default_factory=lambda: [2, 3, 3],
+        metadata={"help": "must sum to rl.steps", "minItems": 1, "items": {"minimum": 1}},
+    )
     sft_steps: int = field(default=5, metadata={"help": "steps of each SFT phase between RL phases", "minimum": 1})
 
 
@@ -96,15 +118,24 @@ class Interleaved(Scheme):
     @classmethod
     def validate(cls, cfg: Config, used: bool) -> None:
         il = cfg.schemes.interleaved
-        check(len(il.rl_phases) > 0 and all(n > 0 for n in il.rl_phases), "schemes.interleaved.rl_phases",
-              "must be a non-empty list of positive step counts")
+        check(
+            len(il.rl_phases) > 0 and all(n > 0 for n in il.rl_phases),
+            "schemes.interleaved.rl_phases",
+            "must be a non-empty list of positive step counts",
+        )
         check(il.sft_steps > 0, "schemes.interleaved.sft_steps", "must be > 0")
         if used:
-            check(sum(il.rl_phases) == cfg.rl.steps, "schemes.interleaved.rl_phases",
-                  f"must sum to rl.steps ({cfg.rl.steps}) so every scheme gets the same RL budget, "
-                  f"got {sum(il.rl_phases)}")
-            check(len(il.rl_phases) >= 2, "schemes.interleaved.rl_phases",
-                  "needs at least two RL phases (SFT phases go between them)")
+            check(
+                sum(il.rl_phases) == cfg.rl.steps,
+                "schemes.interleaved.rl_phases",
+                f"must sum to rl.steps ({cfg.rl.steps}) so every scheme gets the same RL budget, "
+                f"got {sum(il.rl_phases)}",
+            )
+            check(
+                len(il.rl_phases) >= 2,
+                "schemes.interleaved.rl_phases",
+                "needs at least two RL phases (SFT phases go between them)",
+            )
 
     def rl_phases(self) -> list[int]:
         return list(self.section.rl_phases)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -19,9 +20,8 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from toolrl.models import model as models
 from toolrl.core.supervision import weighted_nll
-
+from toolrl.models import model as models
 
 Messages = list[dict[str, str]]
 

@@ -6,8 +6,9 @@ hooks: the scheme's `before_rl` (sequential's SFT through TRL's SFTTrainer), the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolrl.config import Cell, Config
 from toolrl.envs.data import read_tasks
@@ -17,8 +18,9 @@ from toolrl.models.guards import NonFiniteGuard
 from toolrl.training import grpo
 
 
-def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path,
-        on_step: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run(
+    cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path, on_step: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     model, tokenizer = models.load(base_model)
     fmt = get_format(cfg.world.train_format, cfg.world.prompt_style)
     ctx = grpo.cell_context(cfg, tokenizer, read_tasks(data_dir / "rl.jsonl"), fmt, cell.seed)
@@ -29,5 +31,8 @@ def run(cfg: Config, cell: Cell, base_model: Path, data_dir: Path, out_dir: Path
     sft_seconds = time.perf_counter() - t0
     grpo.train(model, ctx, signal, scheme, cell.lr, lambda rec: on_step({**rec, "step": offset + rec["step"]}), guard)
     models.save(model, tokenizer, out_dir)
-    return {"sft_seconds": round(sft_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "skipped_steps": guard.skipped}
+    return {
+        "sft_seconds": round(sft_seconds, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "skipped_steps": guard.skipped,
+    }

@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-from toolrl.training import evaluate
-from toolrl.models import model as models
 from toolrl.config import Config
-from toolrl.envs.data import echo_messages, read_tasks
-from toolrl.envs.base import Task
-from toolrl.envs.synthetic import VALUE_TOKENS
 from toolrl.core.episode import Message, expert_messages
+from toolrl.envs.base import Task
+from toolrl.envs.data import echo_messages, read_tasks
+from toolrl.envs.synthetic import VALUE_TOKENS
 from toolrl.formats import FORMATS, get_format
+from toolrl.models import model as models
 from toolrl.models.guards import NonFiniteGuard
+from toolrl.training import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def trajectory_source(cfg: Config, tasks: list[Task], rng: random.Random) -> Cal
     return trajectory
 
 
-def build_tiny(cfg: Config, trajectory: Callable[[], list[Message]], rng: random.Random,
-               seed: int) -> tuple[Any, PreTrainedTokenizerBase]:
+def build_tiny(
+    cfg: Config, trajectory: Callable[[], list[Message]], rng: random.Random, seed: int
+) -> tuple[Any, PreTrainedTokenizerBase]:
     """The tiny default, untrained: a tokenizer trained on 5,000 trajectories and 500 echo
     examples, then a model of `model.tiny`'s shape. Needs neither trl nor datasets, so
     benchmarks/rollout_throughput.py builds the same model on a machine without them."""
@@ -103,8 +105,14 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: s
         # A pretrained checkpoint used as it is: the base evaluation measures it, no curve needed.
         model, tokenizer = models.load(source, cfg.model.enable_thinking)
         models.save(model, tokenizer, out_dir / "model")
-        return {"params": models.n_params(model), "steps": 0, "wall_seconds": 0.0, "train_seconds": 0.0,
-                "curve": [], "loss": []}
+        return {
+            "params": models.n_params(model),
+            "steps": 0,
+            "wall_seconds": 0.0,
+            "train_seconds": 0.0,
+            "curve": [],
+            "loss": [],
+        }
     if source is None:
         model, tokenizer = build_tiny(cfg, trajectory, rng, seed)
     else:
@@ -112,17 +120,26 @@ def run(cfg: Config, data_dir: Path, out_dir: Path, seed: int = 0, pretrained: s
     log.info("warm-up model: %.2f M parameters, vocabulary %d", models.n_params(model) / 1e6, len(tokenizer))
 
     w = cfg.warmup
-    examples = sft.curriculum(trajectory, echo, w.steps, w.batch_size, w.echo_steps, w.echo_replay_until,
-                              w.echo_replay_per_batch, seed=seed)
+    examples = sft.curriculum(
+        trajectory, echo, w.steps, w.batch_size, w.echo_steps, w.echo_replay_until, w.echo_replay_per_batch, seed=seed
+    )
     id_tasks = read_tasks(data_dir / "id.jsonl")
     curve = CurveCallback(
         lambda m: evaluate.run(m, tokenizer, id_tasks, train_fmt, cfg.rollout)["success_rate"], w.eval_every
     )
     t0 = time.perf_counter()
     history = sft.train(
-        model, tokenizer, examples, steps=w.steps, batch_size=w.batch_size, learning_rate=w.learning_rate,
-        warmup_steps=w.warmup_steps, value_token_ids=value_token_ids(tokenizer), value_weight=w.value_weight,
-        seed=seed, callbacks=[curve, NonFiniteGuard("the warm-up", cfg.numerics.on_nonfinite)],
+        model,
+        tokenizer,
+        examples,
+        steps=w.steps,
+        batch_size=w.batch_size,
+        learning_rate=w.learning_rate,
+        warmup_steps=w.warmup_steps,
+        value_token_ids=value_token_ids(tokenizer),
+        value_weight=w.value_weight,
+        seed=seed,
+        callbacks=[curve, NonFiniteGuard("the warm-up", cfg.numerics.on_nonfinite)],
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
     wall = time.perf_counter() - t0
