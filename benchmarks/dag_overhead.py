@@ -218,8 +218,8 @@ def main() -> None:
     for side in ("bare", "ours"):
         w = wall[side]
         print(
-            f"{side:<6} {statistics.median(w):>7.2f} {min(w):>6.1f} {max(w):>6.1f} {statistics.median(cpu[side]):>7.2f}  "
-            + ", ".join(f"{t:.1f}" for t in w)
+            f"{side:<6} {statistics.median(w):>7.2f} {min(w):>6.1f} {max(w):>6.1f} "
+            f"{statistics.median(cpu[side]):>7.2f}  " + ", ".join(f"{t:.1f}" for t in w)
         )
     ratio = statistics.median(wall["ours"]) / statistics.median(wall["bare"])
     cpu_ratio = statistics.median(cpu["ours"]) / statistics.median(cpu["bare"])

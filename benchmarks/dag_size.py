@@ -85,7 +85,8 @@ def main() -> None:
     grid = " × ".join(f"{len(v)} {k}" for k, v in GRID.items())
     print(f"grid: {grid} ({counts.get('train', '?')} valid cells)")
     print(
-        f"jobs: {total.group(1) if total else '?'} ({counts.get('train', '?')} train, {counts.get('evaluate', '?')} evaluate)"
+        f"jobs: {total.group(1) if total else '?'} "
+        f"({counts.get('train', '?')} train, {counts.get('evaluate', '?')} evaluate)"
     )
     print(
         f"snakemake -n{' --workflow-profile profiles/slurm' if args.slurm else ''}: "

@@ -373,7 +373,7 @@ def main() -> None:
                 rollout if ours else base_engine,
             )
             results["batched" if ours else baseline].append(side)
-    ratios = [b.tokens_per_s / p.tokens_per_s for b, p in zip(results["batched"], results[baseline])]
+    ratios = [b.tokens_per_s / p.tokens_per_s for b, p in zip(results["batched"], results[baseline], strict=True)]
 
     print()
     print(

@@ -355,11 +355,11 @@ def test_incomplete_checkout(tmp_path):
         load_tasks(ACEBenchConfig(str(fresh("a")), categories=["multi_hop"]))
     root = fresh("b")
     (root / "data_all/data_en/possible_answer/data_agent_multi_step.json").unlink()
-    with pytest.raises(ValueError, match="possible_answer/data_agent_multi_step.json is missing"):
+    with pytest.raises(ValueError, match=r"possible_answer/data_agent_multi_step\.json is missing"):
         load_tasks(ACEBenchConfig(str(root)))
     root = fresh("c")
     (root / "model_inference/multi_step/scenariosen/phone_platform/reminder.py").unlink()
-    with pytest.raises(ValueError, match="reminder.py .class ReminderApi. is missing"):
+    with pytest.raises(ValueError, match=r"reminder\.py \(class ReminderApi\) is missing"):
         load_tasks(ACEBenchConfig(str(root)))
     root = fresh("d")
     path = root / "data_all/data_en/data_agent_multi_step.json"
@@ -552,10 +552,10 @@ def test_openai_user(checkout, user_url, monkeypatch):
 
 def test_user_errors(checkout, user_url, monkeypatch):
     assert make_user(ACEBenchConfig(str(checkout))) is None
-    with pytest.raises(ValueError, match="user.kind"):
+    with pytest.raises(ValueError, match=r"user\.kind"):
         make_user(ACEBenchConfig(str(checkout), user=JudgeConfig(kind="rule")))
     monkeypatch.delenv("ACE_USER_KEY_UNSET", raising=False)
-    with pytest.raises(ValueError, match="world.bfcl.acebench.user.*ACE_USER_KEY_UNSET"):
+    with pytest.raises(ValueError, match=r"world\.bfcl\.acebench\.user.*ACE_USER_KEY_UNSET"):
         make_user(
             ACEBenchConfig(
                 str(checkout),
@@ -571,7 +571,7 @@ def test_user_errors(checkout, user_url, monkeypatch):
     )
     _UserStub.status = 500
     task = tasks_of(checkout)["agent_multi_turn_0"]
-    with pytest.raises(ValueError, match="user endpoint .* returned HTTP 500"):
+    with pytest.raises(ValueError, match=r"user endpoint .* returned HTTP 500"):
         Episode(task, FMT, user=users(task)).initial_messages()
 
 

@@ -40,7 +40,8 @@ TABLE: list[tuple[dict, str]] = [
     # impossible grids
     (
         {"sweep": {"signals": ["magic"]}},
-        "config key 'sweep.signals': unknown value 'magic' (choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)",
+        "config key 'sweep.signals': unknown value 'magic' "
+        "(choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)",
     ),
     (
         {"sweep": {"schemes": ["sometimes"]}},
@@ -51,7 +52,8 @@ TABLE: list[tuple[dict, str]] = [
     ({"sweep": {"seeds": [0, 0]}}, "config key 'sweep.seeds': must not repeat a seed"),
     (
         {"sweep": {"exclude": [{"signal": "none"}, {"signal": "sft"}, {"signal": "ops"}]}},
-        "config key 'sweep.signals': no signal × scheme pair of the grid is in sweep.pairs (or sweep.exclude drops every cell)",
+        "config key 'sweep.signals': no signal × scheme pair of the grid is in sweep.pairs "
+        "(or sweep.exclude drops every cell)",
     ),
     (
         {"sweep": {"baseline": {"signal": "sft", "scheme": "rl"}}},

@@ -123,7 +123,7 @@ def _task(task_id: str) -> Task:
 def play(task: Task, turns: list[list[Call]], irrelevance_check: bool = True) -> Episode:
     """Each call as its own message, then the turn's answer."""
     ep = Episode(task, JSON, 50, irrelevance_check)
-    for turn, calls in zip(task.turns, turns):
+    for turn, calls in zip(task.turns, turns, strict=True):
         for c in calls:
             ep.step(JSON.render_calls([c]))
         ep.step(turn.reply)
@@ -166,7 +166,7 @@ def _oracle_turns(task: Task, turns: list[list[Call]]) -> list[bool]:
     model, gt = bfcl.BFCLEnv(task), bfcl.BFCLEnv(task)
     results: list[str] = []
     verdicts = []
-    for k, (turn, calls) in enumerate(zip(task.turns, turns)):
+    for k, (turn, calls) in enumerate(zip(task.turns, turns, strict=True)):
         model.begin_turn(k)
         gt.begin_turn(k)
         results += [model.execute(c) for c in calls]

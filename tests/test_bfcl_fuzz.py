@@ -172,6 +172,19 @@ def _hostile_message(rng: random.Random, env: bfcl.BFCLEnv) -> str:
     return f"[{name}({rendered})]"
 
 
+def _record_calls(env: bfcl.BFCLEnv, executed: list[str]) -> None:
+    """Wrap each of `env`'s methods: check that the call was allowed, then log its name in `executed`."""
+    for name, method in list(env._methods.items()):
+
+        def record(*a: Any, _name: str = name, _method: Any = method, **k: Any) -> Any:
+            assert env._visible(_name), f"withheld function {_name} ran"
+            assert bfcl.check_arguments(env._docs[_name], k)[1] is None and not a
+            executed.append(_name)
+            return _method(*a, **k)
+
+        env._methods[name] = record
+
+
 def test_hostile_messages_never_run_anything_undeclared(tasks, monkeypatch):
     def forbidden(*a: Any, **k: Any) -> None:
         raise AssertionError("a hostile message reached the operating system")
@@ -197,15 +210,7 @@ def test_hostile_messages_never_run_anything_undeclared(tasks, monkeypatch):
         ep = Episode(task, rng.choice(fmts), max_rounds_per_turn=1000)
         env = ep.env
         assert isinstance(env, bfcl.BFCLEnv)
-        for name, method in list(env._methods.items()):
-
-            def record(*a: Any, _name: str = name, _method: Any = method, **k: Any) -> Any:
-                assert env._visible(_name), f"withheld function {_name} ran"
-                assert bfcl.check_arguments(env._docs[_name], k)[1] is None and not a
-                executed.append(_name)
-                return _method(*a, **k)
-
-            env._methods[name] = record
+        _record_calls(env, executed)
         for _ in range(rng.randint(1, 8)):
             if ep.done:
                 break

@@ -122,7 +122,7 @@ def test_semantic_errors(override, match):
 
 
 def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load(tmp_path / "nope.yaml")
 
 

@@ -166,7 +166,7 @@ def test_healthy_checkpoints_load(good, tmp_path):
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) >= 2 and (sharded / "model.safetensors.index.json").exists()
     again, _ = models.load(sharded)
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True))
 
     shards[1].write_bytes(shards[1].read_bytes()[:-1])
     with pytest.raises(ValueError, match=re.escape(f"corrupt checkpoint '{sharded}': {shards[1].name} is truncated")):

@@ -139,7 +139,7 @@ def test_converted_smollm2_tokens_and_template(converted):
     text = rollout.continuation(tok, CONVERSATION[:3], CONVERSATION[3:4])
     assert text == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     mask = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
-    trained = tok.decode([t for t, m in zip(mask["input_ids"], mask["assistant_masks"]) if m])
+    trained = tok.decode([t for t, m in zip(mask["input_ids"], mask["assistant_masks"], strict=True) if m])
     assert trained == CONVERSATION[2]["content"] + "<|im_end|>" + CONVERSATION[4]["content"] + "<|im_end|>"
     # `<tool_call>` is five ordinary tokens here, so the probes watch `<|im_end|>` alone.
     assert len(rollout.encode(tok, "<tool_call>")) == 5

@@ -215,7 +215,7 @@ def test_one_real_grpo_step_runs_the_toys_hooks(site, splits, tokenizer):
     assert rows[0]["nudge/seen"] == 4.0  # filter_rollouts saw the step's 2 × 2 rollouts
     assert rows[0]["nudge_entropy"] > 0  # the loss term ran on an expert batch
     # A random model never succeeds, so GRPO alone leaves the weights; the toy's term moves them.
-    assert any(not (a == b).all() for a, b in zip(before, model.parameters()))
+    assert any(not (a == b).all() for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_a_broken_entry_point_is_named(tmp_path, monkeypatch):
@@ -227,7 +227,7 @@ def test_a_broken_entry_point_is_named(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     _reload()
     try:
-        with pytest.raises(plugins.PluginError, match="entry point 'broken' of group 'toolrl.signals'"):
+        with pytest.raises(plugins.PluginError, match=r"entry point 'broken' of group 'toolrl\.signals'"):
             plugins.signals()
     finally:
         monkeypatch.undo()

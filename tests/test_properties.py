@@ -283,7 +283,7 @@ NO_TAGS = TEXT.filter(lambda t: "<tool_call>" not in t and "</tool_call>" not in
 def test_json_message_with_several_calls_and_text(calls, texts):
     """Text may surround and separate the blocks: the calls are read, the text is flagged."""
     gaps = texts[: len(calls) + 1] + [""] * (len(calls) + 1 - len(texts))
-    message = gaps[0] + "".join(JSON.render_calls([c]) + g for c, g in zip(calls, gaps[1:]))
+    message = gaps[0] + "".join(JSON.render_calls([c]) + g for c, g in zip(calls, gaps[1:], strict=True))
     parsed = JSON.parse(message)
     assert parsed.error is None and _canon(parsed.calls) == _canon(calls)
     assert parsed.extra_text == any(g.strip() for g in gaps)

@@ -90,7 +90,7 @@ def test_markdown_has_one_row_per_group_in_order(aggregated):
     md = (sweep / "tables" / "main.md").read_text()
     rows = _table_rows(md)
     assert list(rows) == ["base", "none/rl/lr=1e-4", "sft/rl/lr=1e-4"]
-    header = [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| ")).strip("|").split("|")]
+    header = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| ")).strip("|").split("|")]
     assert header[:5] == ["group", "n", "id", "format_ood", "content_ood"]
     assert rows["base"][1] == "1" and rows["sft/rl/lr=1e-4"][1] == "3"
     # id column: mean 85.0 with a CI in brackets; base has no CI.
@@ -101,7 +101,7 @@ def test_markdown_has_one_row_per_group_in_order(aggregated):
     assert rows["base"][5] == "—" and rows["sft/rl/lr=1e-4"][5] == "n/a"
     # p-value columns: dashes for base and baseline, n/a where Welch is undefined (format_ood).
     assert set(rows["base"][6:]) == {"—"} and set(rows["none/rl/lr=1e-4"][6:]) == {"—"}
-    p_cells = dict(zip(header[6:], rows["sft/rl/lr=1e-4"][6:]))
+    p_cells = dict(zip(header[6:], rows["sft/rl/lr=1e-4"][6:], strict=True))
     assert p_cells["format_ood Welch"] == "n/a"
     assert p_cells["id Welch"].startswith("p=")
     assert "none/rl/lr=1e-4" in md.split("|")[0]  # caption names the baseline
@@ -313,7 +313,7 @@ def diagnosed(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _header(md: str) -> list[str]:
-    return [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| ")).strip("|").split("|")]
+    return [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| ")).strip("|").split("|")]
 
 
 def test_markdown_collapse_rate_and_restored_column(diagnosed):
@@ -322,7 +322,7 @@ def test_markdown_collapse_rate_and_restored_column(diagnosed):
     header = _header(md)
     assert header[:7] == ["group", "n", "id", "format_ood", "content_ood", "id restored", "collapsed"]
     assert "format_ood restored" not in header  # only probed splits get a column
-    rows = {name: dict(zip(header, cells)) for name, cells in _table_rows(md).items()}
+    rows = {name: dict(zip(header, cells, strict=True)) for name, cells in _table_rows(md).items()}
     assert rows["sft/rl/lr=1e-4"]["collapsed"] == "2/3"
     assert rows["none/rl/lr=1e-4"]["collapsed"] == "0/3"
     assert rows["base"]["collapsed"] == "—"
@@ -499,7 +499,7 @@ def test_invalid_restored_raises_with_path(tmp_path):
     doc = json.loads(path.read_text())
     doc["restored"] = {"success_rate": 2.0}
     path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="restored.success_rate") as err:
+    with pytest.raises(ValueError, match=r"restored\.success_rate") as err:
         aggregate(sweep, BASELINE, n_resamples=100)
     assert str(path) in str(err.value)
 

@@ -27,8 +27,8 @@ class ScriptedModel(torch.nn.Module):
 
     def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
         rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            real = [i for i, m in zip(ids, mask) if m]
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            real = [i for i, m in zip(ids, mask, strict=True) if m]
             key = next(k for k in self.scripts if real[: len(k)] == list(k))
             rows.append(self.scripts[key].pop(0)[:max_new_tokens])
         width = max(map(len, rows))
@@ -58,7 +58,7 @@ def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
         # The template ends each assistant message with "<|im_end|>\n"; the model stops at <|im_end|>.
         assert r.prompt_ids + r.completion_ids == ids[:-1] and ids[-1:] == tokenizer.encode("\n")
         assert r.env_mask == mask[n:-1], "mask differs from the chat template's assistant mask"
-        sampled = [tok for tok, m in zip(r.completion_ids, r.env_mask) if m]
+        sampled = [tok for tok, m in zip(r.completion_ids, r.env_mask, strict=True) if m]
         assert sampled.count(eos) == len(r.episode.states)  # every <|im_end|> the model generated is trained
         assert r.success
 
@@ -134,7 +134,8 @@ def test_hint_is_sampled_but_not_scored(splits, tokenizer):
 
     def spy(input_ids, attention_mask, **kw):
         seen.extend(
-            [i for i, m in zip(ids, mask) if m] for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())
+            [i for i, m in zip(ids, mask, strict=True) if m]
+            for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
         )
         return real_generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
@@ -143,7 +144,7 @@ def test_hint_is_sampled_but_not_scored(splits, tokenizer):
     torch.manual_seed(0)
     rs = rollout.run(model, tokenizer, tasks, fmt, RolloutConfig(max_new_tokens=8), sample=True, hints=hints)
     text = tokenizer.decode
-    for r, h in zip(rs, hints):
+    for r, h in zip(rs, hints, strict=True):
         assert "Hint:" not in text(r.prompt_ids)
         assert r.kind == ("hinted" if h else "policy")
         if h:
@@ -168,7 +169,7 @@ def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
     later = proc(torch.tensor([[1, 2, 3, tc], [1, 2, 3, 4]]), scores)
     assert torch.isinf(later[0, end]) and not torch.isinf(later[1, end])
     assert not torch.isinf(later[0, tc]) and torch.isfinite(later[1]).all()
-    with pytest.raises(ValueError, match="diagnostics.forbid"):
+    with pytest.raises(ValueError, match=r"diagnostics\.forbid"):
         forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["no-such-token-xyz"])])
 
 
@@ -182,7 +183,7 @@ class StopAfter(LogitsProcessor):
         self.width, self.eos, self.pad, self.logits = width, eos, pad, logits
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for ids, row in zip(input_ids, scores):
+        for ids, row in zip(input_ids, scores, strict=True):
             self.logits[tuple(ids[ids != self.pad].tolist())] = row.clone()
         step = input_ids.shape[1] - self.width
         target = 2 + (input_ids[:, : self.width] != self.pad).sum(dim=1) % 6

@@ -62,7 +62,7 @@ def test_ops_refuses_an_expert_trajectory_cut_by_the_budget(splits, tokenizer, m
     tasks = splits["rl"][:1]
     tight = RolloutConfig(max_new_tokens=12, max_total_tokens=60, max_messages=8)
     source = _source(tokenizer, tasks, Config(), "ops", tight, RLConfig(num_generations=2))
-    with pytest.raises(ValueError, match="rollout.max_total_tokens"):
+    with pytest.raises(ValueError, match=r"rollout\.max_total_tokens"):
         _call(source, model, _group_prompts(tasks, 2))
 
 
@@ -80,7 +80,7 @@ def test_hbg_hint_in_sampled_prompt_absent_from_scored_prompt(splits, tokenizer,
     source = _source(tokenizer, tasks, Config(), "hbg", ROLL, RLConfig(num_generations=4))
     out = _call(source, model, _group_prompts(tasks, 4))
     assert [s["kind"] for s in seen] == ["hinted", "hinted", "policy", "policy"] * 2
-    for s, scored in zip(seen, out["prompt_ids"]):
+    for s, scored in zip(seen, out["prompt_ids"], strict=True):
         assert s["scored"] == scored and "Hint:" not in tokenizer.decode(scored)
         if s["kind"] == "hinted":
             text = tokenizer.decode(s["sample"])
@@ -97,7 +97,7 @@ def test_void_filter_drops_void_trajectories_from_the_loss(splits, tokenizer, mo
     dropped = [i for i, m in enumerate(out["env_mask"]) if not any(m)]
     assert dropped, "a random model must produce void messages"
     assert source.last["void_filtered"] == pytest.approx(len(dropped) / 16)
-    for i, (m, p) in enumerate(zip(out["env_mask"], plain["env_mask"])):
+    for i, (m, p) in enumerate(zip(out["env_mask"], plain["env_mask"], strict=True)):
         assert m == p or i in dropped
 
 
@@ -199,7 +199,7 @@ def test_synchronous_sft_term_changes_the_gradient(splits, tokenizer, model, wei
     weights where they are; the synchronous SFT term must move them."""
     before = [p.detach().clone() for p in model.parameters()]
     rows, _ = _train(tokenizer, splits, model, "sft", "synchronous", sft_weight=weight)
-    moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert moved == (weight > 0)
     assert all(r["success"] == 0.0 for r in rows)
     if weight:
@@ -228,7 +228,7 @@ def test_ctrl_penalty_enters_the_training_loss(splits, tokenizer, model):
     rows: list[dict] = []
     _grpo(model, tokenizer, splits["rl"][:8], cfg, "ctrl", "rl", rows)
     assert rows[0]["ctrl_penalty"] > 0 and rows[0]["success"] == 0.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypatch):
@@ -321,8 +321,8 @@ def test_micro_batches_give_the_same_update(splits, tokenizer, model, monkeypatc
     assert [r.get("success/with_supervised") for r in rows_a] == [r.get("success/with_supervised") for r in rows_b]
     assert len(whole) == len(split) == len(rows_a)
     assert any(g.abs().sum() > 0 for g in whole[-1 if signal == "ops" else 1])  # the RL / SFT step moves
-    for ga, gb in zip(whole, split):
-        for a, b in zip(ga, gb):
+    for ga, gb in zip(whole, split, strict=True):
+        for a, b in zip(ga, gb, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -216,7 +216,7 @@ def test_holm_between_raw_and_bonferroni():
     rng = np.random.default_rng(3)
     for m in (1, 2, 5, 9):
         p = rng.uniform(0, 0.3, size=m).tolist()
-        for raw, h, b in zip(p, holm(p), bonferroni(p)):
+        for raw, h, b in zip(p, holm(p), bonferroni(p), strict=True):
             assert raw <= h + 1e-15 and h <= b + 1e-15
 
 
@@ -366,7 +366,7 @@ def test_benjamini_hochberg_known_values_and_none():
 def test_benjamini_hochberg_is_between_raw_and_holm():
     rng = np.random.default_rng(6)
     p = list(rng.random(12) ** 3)
-    for raw, bh, hm in zip(p, benjamini_hochberg(p), holm(p)):
+    for raw, bh, hm in zip(p, benjamini_hochberg(p), holm(p), strict=True):
         assert raw - 1e-12 <= bh <= hm + 1e-12
 
 

@@ -73,15 +73,15 @@ def test_init_store_is_idempotent(store: dict[str, Any]) -> None:
 
 def test_read_experiment_names_the_bad_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
-    with pytest.raises(TrackingError, match="missing.json.*setup job"):
+    with pytest.raises(TrackingError, match=r"missing\.json.*setup job"):
         read_experiment(missing)
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"tracking_uri": ')
-    with pytest.raises(TrackingError, match="corrupt.json"):
+    with pytest.raises(TrackingError, match=r"corrupt\.json"):
         read_experiment(corrupt)
     partial = tmp_path / "partial.json"
     partial.write_text('{"tracking_uri": "sqlite:////x.db"}')
-    with pytest.raises(TrackingError, match="partial.json.*experiment_id, experiment_name"):
+    with pytest.raises(TrackingError, match=r"partial\.json.*experiment_id, experiment_name"):
         read_experiment(partial)
 
 

@@ -305,7 +305,8 @@ class RLConfig:
     micro_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "sequences per forward/backward pass (null: the whole batch); the gradient is accumulated over the step",
+            "help": "sequences per forward/backward pass (null: the whole batch); "
+            "the gradient is accumulated over the step",
             "minimum": 1,
         },
     )
@@ -340,7 +341,8 @@ class AggregateConfig:
     correction: str = field(
         default="holm",
         metadata={
-            "help": "multiple-testing correction across the groups compared with the baseline (bh = Benjamini–Hochberg)",
+            "help": "multiple-testing correction across the groups compared with the baseline "
+            "(bh = Benjamini–Hochberg)",
             "enum": ["holm", "bonferroni", "bh", "none"],
         },
     )  # holm | bonferroni | bh (Benjamini–Hochberg) | none

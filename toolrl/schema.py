@@ -61,7 +61,7 @@ def _type(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
         (item,) = typing.get_args(tp)
         out = {"type": "array", "items": _type(item, {"item": True, **meta.get("items", {})})}
     elif origin is dict:
-        key, value = typing.get_args(tp)
+        _key, value = typing.get_args(tp)
         out = {"type": "object", "additionalProperties": _type(value, meta.get("values", {}))}
         if "keys" in meta:
             out["propertyNames"] = {"enum": _registry_names(meta["keys"])}

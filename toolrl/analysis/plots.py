@@ -76,8 +76,9 @@ def curves(groups: Sequence[Group]) -> Figure:
     fig = _figure(4.6 * cols, 3.6 * rows)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(rows * cols)]
     colors = [f"C{i % 10}" for i in range(len(trained))]
-    for ax, (title, _) in zip(axes, CURVES):
-        for g, color in zip(trained, colors):
+    # The grid has more axes than curves (the spare ones hold the legend or stay empty).
+    for ax, (title, _) in zip(axes, CURVES, strict=False):
+        for g, color in zip(trained, colors, strict=True):
             steps, mean, lo, hi = _band([r.curves.get(title, {}) for r in g.runs])
             if steps:
                 ax.plot(steps, mean, color=color, lw=1.5, label=f"{g.name} (n={len(g.runs)})")
@@ -131,7 +132,7 @@ def lr_sensitivity(summary: dict[str, Any]) -> Figure:
     base = next((g for g in summary["groups"] if g["name"] == BASE), None)
     recipes = list(dict.fromkeys((g["signal"], g["scheme"]) for g in trained))
     fig, axes = _split_panels(summary)
-    for ax, s in zip(axes, splits):
+    for ax, s in zip(axes, splits, strict=True):
         for i, (signal, scheme) in enumerate(recipes):
             pts = sorted((g["lr"], g["splits"][s]) for g in trained if (g["signal"], g["scheme"]) == (signal, scheme))
             xs = [lr for lr, _ in pts]
@@ -163,7 +164,7 @@ def profiles(summary: dict[str, Any], scores: Mapping[str, Mapping[str, np.ndarr
     rates above τ, with a stratified-bootstrap band (rliable's plot_performance_profiles). A panel
     per split; `scores` is group name → split → (seeds, categories) matrix."""
     fig, axes = _split_panels(summary)
-    for ax, s in zip(axes, summary["splits"]):
+    for ax, s in zip(axes, summary["splits"], strict=True):
         for i, g in enumerate(summary["groups"]):
             prof = performance_profile(
                 scores[g["name"]][s],

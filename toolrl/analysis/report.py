@@ -157,7 +157,7 @@ def _restored_per_seed(name: str, runs: Sequence[Run], splits: Sequence[str]) ->
         if all(have):
             out[s] = [r.restored[s] for r in runs]
         elif any(have):
-            lacking = [r.cell.seed if r.cell else BASE for r, h in zip(runs, have) if not h]
+            lacking = [r.cell.seed if r.cell else BASE for r, h in zip(runs, have, strict=True) if not h]
             raise ValueError(
                 f"group {name}: split {s} has restoration results for some seeds but not "
                 f"for seeds {lacking}; re-run their evaluation"
@@ -269,7 +269,7 @@ def _compare_all(
     for s in splits:
         for test in TESTS:
             adjusted = adjust([out[g.name][s][f"{test}_p"] for g in others], correction)
-            for g, q in zip(others, adjusted):
+            for g, q in zip(others, adjusted, strict=True):
                 out[g.name][s][f"{test}_p_adj"] = q
     return out
 
@@ -278,7 +278,10 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
     """Collapsed runs over the runs with a training log, and each seed's verdict (None: no log)."""
     if g.name == BASE:
         return None
-    per_seed = [{"seed": c.seed, **(r.collapse or {"collapsed": None, "step": None})} for c, r in zip(g.cells, g.runs)]
+    per_seed = [
+        {"seed": c.seed, **(r.collapse or {"collapsed": None, "step": None})}
+        for c, r in zip(g.cells, g.runs, strict=True)
+    ]
     judged = [p for p in per_seed if p["collapsed"] is not None]
     return {"collapsed": sum(p["collapsed"] for p in judged), "runs": len(judged), "per_seed": per_seed}
 

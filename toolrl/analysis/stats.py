@@ -270,7 +270,7 @@ def _defined(pvalues: Sequence[float | None]) -> tuple[list[int], np.ndarray]:
 
 def _scatter(pvalues: Sequence[float | None], idx: list[int], adj: np.ndarray) -> list[float | None]:
     out: list[float | None] = [None] * len(pvalues)
-    for i, q in zip(idx, adj):
+    for i, q in zip(idx, adj, strict=True):
         out[i] = float(q)
     return out
 

@@ -448,7 +448,7 @@ def pivot_markdown(summary: dict[str, Any], name: str) -> str:
     for title, cell in sections:
         lines += [f"**{title}**", "", head, rule]
         for key, by in rows.items():
-            labels = [_label(k, v) for k, v in zip(keys, key)]
+            labels = [_label(k, v) for k, v in zip(keys, key, strict=True)]
             lines.append("| " + " | ".join(labels + [cell(by[v]) if v in by else "—" for v in values]) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -469,7 +469,7 @@ def pivot_csv(summary: dict[str, Any], name: str) -> str:
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for key, by in rows.items():
-        row: dict[str, Any] = dict(zip(keys, key))
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
         for s in summary["splits"]:
             for v in values:
                 if v in by:
@@ -516,7 +516,7 @@ def pivot_latex(summary: dict[str, Any], name: str) -> str:
         r"\midrule",
     ]
     for key, by in rows.items():
-        cells = [_tex_escape(_label(kf, kv)) for kf, kv in zip(keys, key)]
+        cells = [_tex_escape(_label(kf, kv)) for kf, kv in zip(keys, key, strict=True)]
         cells += [
             _tex_stat(by[v]["splits"][s], by[v]["n"], best[(s, v)]) if v in by else "--" for s in splits for v in values
         ]

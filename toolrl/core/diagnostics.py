@@ -70,7 +70,7 @@ class ControlTokenProbe(LogitsProcessor):
         probs = stacked.tolist()
         content_all = (1.0 - stacked.sum(dim=-1)).tolist()
         ids = self.ids.tolist()
-        tool_call = dict(zip(self.names, ids)).get("tool_call")
+        tool_call = dict(zip(self.names, ids, strict=True)).get("tool_call")
         out = []
         for row, n in enumerate(lengths):
             rec: dict[str, list[float]] = {}

@@ -200,7 +200,7 @@ class Batch:
         sampled_mask = (torch.arange(sampled.shape[1])[None, :] < torch.tensor(kept)[:, None]).long()
         self.ids = torch.cat([self.ids, sampled, block.view(rows, right)], 1)
         self.mask = torch.cat([self.mask, sampled_mask, block_mask.view(rows, right)], 1)
-        self.lengths = [n + k + len(t) for n, k, t in zip(self.lengths, kept, inserted)]
+        self.lengths = [n + k + len(t) for n, k, t in zip(self.lengths, kept, inserted, strict=True)]
 
     def select(self) -> Batch:
         """This batch without its finished episodes, its cached part compacted."""
@@ -269,7 +269,7 @@ def _advance(
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         lengths.append(n)
     inserted = []
-    for r, row, n, stats in zip(batch.rollouts, new.tolist(), lengths, probe.stats(new, lengths)):
+    for r, row, n, stats in zip(batch.rollouts, new.tolist(), lengths, probe.stats(new, lengths), strict=True):
         for k, v in stats.items():
             r.probes.setdefault(k, []).extend(v)
         before = len(r.completion_ids) + n
@@ -283,7 +283,8 @@ def _advance_with(
 ) -> None:
     """`_advance` through an external engine: the same message budget, cut at the first EOS."""
     contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
-    for r, ctx, row in zip(batch, contexts, generate(contexts)):
+    # `generate` is an external engine: one row per context is its contract, not checked here.
+    for r, ctx, row in zip(batch, contexts, generate(contexts), strict=False):
         budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - len(ctx)))
         row = list(row)[:budget]
         n = row.index(eos_id) + 1 if eos_id in row else len(row)

@@ -46,7 +46,9 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: list[list[Mess
         n = len(r["input_ids"])
         ids.append(r["input_ids"] + [pad] * (width - n))
         att.append([1] * n + [0] * (width - n))
-        labels.append([t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])] + [-100] * (width - n))
+        labels.append(
+            [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"], strict=True)] + [-100] * (width - n)
+        )
     return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(att), "labels": torch.tensor(labels)}
 
 

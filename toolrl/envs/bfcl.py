@@ -98,7 +98,7 @@ def load_category(category: str) -> list[tuple[dict[str, Any], list[list[str]]]]
     for q, a in zip(questions, answers, strict=True):
         if q["id"] != a["id"]:
             raise ValueError(f"bfcl-eval data: question {q['id']} is paired with answer {a['id']}")
-    return [(q, a["ground_truth"]) for q, a in zip(questions, answers)]
+    return [(q, a["ground_truth"]) for q, a in zip(questions, answers, strict=True)]
 
 
 @functools.cache

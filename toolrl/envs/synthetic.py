@@ -12,8 +12,9 @@ import copy
 import json
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from toolrl.config import check
 from toolrl.envs.base import Call, Task, Turn
 from toolrl.plugins import Backend
 
@@ -52,7 +53,7 @@ class Domain:
     against its schema before dispatching, so model output can never reach anything else."""
 
     name = ""
-    SCHEMAS: list[dict[str, Any]] = []
+    SCHEMAS: ClassVar[list[dict[str, Any]]] = []
     cumulative_responses = False
 
     def __init__(self, init: dict[str, Any]):
@@ -103,7 +104,7 @@ def check_arguments(schema: dict[str, Any], args: Any) -> str | None:
 
 class Bank(Domain):
     name = "bank"
-    SCHEMAS = [
+    SCHEMAS: ClassVar[list[dict[str, Any]]] = [
         _schema("transfer", "Send money to a person.", {"amount": "int", "to": "person"}),
         _schema("pay_bill", "Pay a company's bill.", {"biller": "company", "amount": "int"}),
         _schema("freeze_card", "Freeze a card.", {"card": "card"}),
@@ -135,7 +136,7 @@ class Bank(Domain):
 
 class Calendar(Domain):
     name = "calendar"
-    SCHEMAS = [
+    SCHEMAS: ClassVar[list[dict[str, Any]]] = [
         _schema("add_event", "Add an event on a day.", {"title": "event", "day": "day"}),
         _schema("cancel_event", "Cancel an event.", {"title": "event"}),
         _schema("set_reminder", "Remind before an event.", {"title": "event", "minutes": "int"}),
@@ -168,7 +169,7 @@ class Calendar(Domain):
 
 class Home(Domain):
     name = "home"
-    SCHEMAS = [
+    SCHEMAS: ClassVar[list[dict[str, Any]]] = [
         _schema("set_light", "Set the light level of a room.", {"room": "room", "level": "int"}),
         _schema("lock_door", "Lock a door.", {"door": "door"}),
         _schema("play_music", "Play a song in a room.", {"song": "song", "room": "room"}),
@@ -200,7 +201,7 @@ class Home(Domain):
 
 class Social(Domain):
     name = "social"
-    SCHEMAS = [
+    SCHEMAS: ClassVar[list[dict[str, Any]]] = [
         _schema("call", "Call a friend.", {"friend": "person"}),
         _schema("invite", "Invite a friend on a day.", {"friend": "person", "day": "day"}),
         _schema("gift", "Send a friend a gift.", {"friend": "person", "price": "int"}),
@@ -409,8 +410,6 @@ class Synthetic(Backend):
 
     @classmethod
     def validate(cls, cfg: Config) -> None:
-        from toolrl.config import check
-
         w = cfg.world
         for key, doms in (("world.train_domains", w.train_domains), ("world.ood_domains", w.ood_domains)):
             check(len(doms) > 0, key, "must not be empty")

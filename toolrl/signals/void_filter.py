@@ -16,4 +16,4 @@ class VoidFilter(Signal):
         self, rollouts: list[Any], masks: list[list[int]], metrics: dict[str, float]
     ) -> list[list[int]]:
         metrics["void_filtered"] = sum(r.episode.voids > 0 for r in rollouts) / len(rollouts)
-        return [[0] * len(m) if r.episode.voids else m for r, m in zip(rollouts, masks)]
+        return [[0] * len(m) if r.episode.voids else m for r, m in zip(rollouts, masks, strict=True)]

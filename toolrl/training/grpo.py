@@ -104,7 +104,9 @@ class MultiTurnRollout:
         model = trainer.accelerator.unwrap_model(trainer.model)
         ctx, tok, fmt = self.ctx, self.ctx.tokenizer, self.ctx.fmt
         kinds = [self.signal.member_kind(i % self.n) for i in range(len(prompts))]
-        hints = [self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds)]
+        hints = [
+            self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds, strict=True)
+        ]
         sampled_idx = [i for i, k in enumerate(kinds) if k != "expert"]
         sampled = rollout.run(
             model,
@@ -119,7 +121,7 @@ class MultiTurnRollout:
             generate=None if self.mask is not None else vllm_generate(trainer, self.cfg.max_new_tokens),
         )
         rs: list[rollout.Rollout] = [None] * len(prompts)  # type: ignore[list-item]
-        for i, r in zip(sampled_idx, sampled):
+        for i, r in zip(sampled_idx, sampled, strict=True):
             rs[i] = r
         for i, k in enumerate(kinds):
             if k == "expert":
