@@ -70,7 +70,8 @@ def snakemake(work: Path, *configfiles: Path, args: tuple[str, ...] = ("--cores"
         check=False,
         capture_output=True,
         text=True,
-        env=SNAKEMAKE_ENV,
+        # The environment as it is now (a test may have set PYTHONPATH), the venv's bin first.
+        env={**os.environ, "PATH": SNAKEMAKE_ENV["PATH"]},
         timeout=1500,
     )
 

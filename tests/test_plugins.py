@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import snakemake
 
 from toolrl import config, plugins
 from toolrl.formats import get_format
@@ -137,60 +139,15 @@ def test_the_registry_and_the_config_take_the_installed_signal(site):
 def test_snakemake_plans_the_toy_cells(site, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    override = work / "toy.yaml"
-    import yaml
-
-    override.write_text(yaml.safe_dump(_override()))
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(ROOT / "config.yaml"),
-            str(override),
-            "-n",
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    good, bad = work / "toy.yaml", work / "bad.yaml"
+    good.write_text(yaml.safe_dump(_override()))
+    bad.write_text(yaml.safe_dump({**_override(), "signals": {NAME: {"weight": -1}}}))
+    p = snakemake(work, good, args=("-n", "--cores", "1"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"signal={NAME}/scheme=rl/lr=1e-3/seed=0" in p.stdout
-    # The schema Snakemake validated against holds the plugin's section, and the checkout is untouched.
-    generated = (work / ".snakemake" / "toolrl" / "config.schema.yaml").read_text()
-    assert f"  {NAME}:" in generated
-    bad = work / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**_override(), "signals": {NAME: {"weight": -1}}}))
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(ROOT / "config.yaml"),
-            str(bad),
-            "-n",
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    # Snakemake validated against a schema generated with the plugin's section, in its own folder.
+    assert f"  {NAME}:" in (work / ".snakemake" / "toolrl" / "config.schema.yaml").read_text()
+    p = snakemake(work, bad, args=("-n", "--cores", "1"))
     assert p.returncode != 0 and "-1 is less than the minimum of 0" in p.stdout + p.stderr
 
 
