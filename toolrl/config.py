@@ -426,7 +426,6 @@ class RolloutConfig:
     max_total_tokens: int = field(
         default=900, metadata={"help": "tokens per episode (prompt and completion)", "minimum": 1}
     )
-    # Tool-calling messages per user turn before the episode is cut off.
     max_rounds_per_turn: int = field(default=4, metadata={"help": "tool-calling messages per user turn", "minimum": 1})
     # An empty-ground-truth turn passes only if the model called nothing. false: such turns always
     # pass, as in the authors' reward (and BFCL's official checker, which never calls its
