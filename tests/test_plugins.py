@@ -175,6 +175,21 @@ def test_one_real_grpo_step_runs_the_toys_hooks(site, splits, tokenizer):
     assert any(not (a == b).all() for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_an_unknown_member_kind_is_refused(splits, tokenizer):
+    from toolrl.config import RLConfig, RolloutConfig
+
+    class Typo(plugins.Signal):
+        name = "typo"
+
+        def member_kind(self, member):
+            return "experts" if member == 0 else "policy"
+
+    cfg = config.load(ROOT / "config.yaml")
+    ctx = grpo.cell_context(cfg, tokenizer, splits["rl"][:4], get_format("json"), 0)
+    with pytest.raises(plugins.PluginError, match="signal 'typo': member_kind gave experts"):
+        grpo.MultiTurnRollout(ctx, Typo(cfg), RolloutConfig(), RLConfig(num_generations=4))
+
+
 def test_a_broken_entry_point_is_named(tmp_path, monkeypatch):
     site = tmp_path / "site"
     info = site / "broken-0.1.dist-info"

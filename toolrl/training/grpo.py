@@ -34,7 +34,17 @@ from toolrl.core.supervision import ExpertPool, FailureLog, GroupOutcome, encode
 from toolrl.envs.base import Task
 from toolrl.formats import Format
 from toolrl.models import model as models
-from toolrl.plugins import CellContext, LossTerm, PhaseData, Scheme, Signal, schemes, signals
+from toolrl.plugins import (
+    MEMBER_KINDS,
+    CellContext,
+    LossTerm,
+    PhaseData,
+    PluginError,
+    Scheme,
+    Signal,
+    schemes,
+    signals,
+)
 from toolrl.training.warmup import value_token_ids
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -95,6 +105,14 @@ class MultiTurnRollout:
         self.temperature = rl.temperature
         self.n = rl.num_generations
         self.mask = signal.sampling_mask(ctx)
+        # Each group member's kind, asked once: a kind the engine does not know would otherwise be
+        # sampled as a plain policy rollout without a word.
+        self.member_kinds = [signal.member_kind(m) for m in range(self.n)]
+        unknown = sorted(set(self.member_kinds) - set(MEMBER_KINDS))
+        if unknown:
+            raise PluginError(
+                f"signal '{signal.name}': member_kind gave {', '.join(unknown)} (choose from {', '.join(MEMBER_KINDS)})"
+            )
         self.failures = FailureLog()
         self.rl_steps = 0
         self.last: dict[str, float] = {}
@@ -103,7 +121,7 @@ class MultiTurnRollout:
         torch.manual_seed(self.ctx.seed * 1_000_003 + trainer.state.global_step)
         model = trainer.accelerator.unwrap_model(trainer.model)
         ctx, tok, fmt = self.ctx, self.ctx.tokenizer, self.ctx.fmt
-        kinds = [self.signal.member_kind(i % self.n) for i in range(len(prompts))]
+        kinds = [self.member_kinds[i % self.n] for i in range(len(prompts))]
         hints = [
             self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds, strict=True)
         ]
