@@ -14,7 +14,7 @@ SPLITS = ("id", "format_ood", "content_ood")
 BASELINE = {"signal": "none", "scheme": "rl", "lr": None, "seed": None}
 
 # Per-seed success rates: `sft` beats the baseline in distribution and is tied with it on
-# format_ood (every seed at 0.5), where Welch is undefined.
+# format_ood (every seed at 0.5), where both groups are degenerate.
 RATES = {
     ("none", "rl"): {"id": [0.50, 0.55, 0.60], "format_ood": [0.5, 0.5, 0.5], "content_ood": [0.20, 0.25, 0.30]},
     ("sft", "rl"): {"id": [0.80, 0.85, 0.90], "format_ood": [0.5, 0.5, 0.5], "content_ood": [0.30, 0.20, 0.40]},
@@ -93,18 +93,23 @@ def test_markdown_has_one_row_per_group_in_order(aggregated):
     header = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| ")).strip("|").split("|")]
     assert header[:5] == ["group", "n", "id", "format_ood", "content_ood"]
     assert rows["base"][1] == "1" and rows["sft/rl/lr=1e-4"][1] == "3"
-    # id column: mean 85.0 with a CI in brackets; base has no CI.
-    assert rows["sft/rl/lr=1e-4"][2].startswith("85.0 [")
+    # id column: mean 85.0 with its interval in brackets; base has none; tied seeds are marked.
+    assert rows["sft/rl/lr=1e-4"][2].startswith("85.0 [") and not rows["sft/rl/lr=1e-4"][2].endswith("†")
+    assert rows["sft/rl/lr=1e-4"][3].startswith("50.0 [") and rows["sft/rl/lr=1e-4"][3].endswith("]†")
     assert rows["base"][2] == "12.5"
     # No train logs, no restoration probe: collapse unknown (n/a; — for base), no restored column.
     assert header[5] == "collapsed" and not any("restored" in h for h in header)
     assert rows["base"][5] == "—" and rows["sft/rl/lr=1e-4"][5] == "n/a"
-    # p-value columns: dashes for base and baseline, n/a where Welch is undefined (format_ood).
-    assert set(rows["base"][6:]) == {"—"} and set(rows["none/rl/lr=1e-4"][6:]) == {"—"}
+    # p-value columns: against the baseline, then against base; dashes where there is no comparison.
+    assert header[6:9] == [f"{s} p vs baseline" for s in SPLITS] and header[9:] == [f"{s} p vs base" for s in SPLITS]
+    assert set(rows["base"][6:]) == {"—"} and set(rows["none/rl/lr=1e-4"][6:9]) == {"—"}
     p_cells = dict(zip(header[6:], rows["sft/rl/lr=1e-4"][6:], strict=True))
-    assert p_cells["format_ood Welch"] == "n/a"
-    assert p_cells["id Welch"].startswith("p=")
-    assert "none/rl/lr=1e-4" in md.split("|")[0]  # caption names the baseline
+    assert p_cells["id p vs baseline"] == "p=0.1"  # the exact test's floor at 3 vs 3
+    assert p_cells["format_ood p vs baseline"] == "p=1"  # identical seeds
+    assert p_cells["id p vs base"] == "p=0.5"  # the floor 0.25 at 3 seeds, Holm over the 2 groups
+    caption = md.split("|")[0]
+    assert "none/rl/lr=1e-4" in caption and "seed-clustered Wilson" in caption and "id 64" in caption
+    assert "no p can be below 0.1" in caption and "no p can be below 0.25" in caption
     assert "Holm" in md and "Warning" not in md
 
 
@@ -125,12 +130,17 @@ def test_csv_rows_and_values(aggregated):
     assert float(sft_id["mean"]) == pytest.approx(0.85)
     assert float(sft_id["std"]) == pytest.approx(0.05)
     assert (sft_id["signal"], sft_id["scheme"], float(sft_id["lr"]), sft_id["n"]) == ("sft", "rl", 1e-4, "3")
-    # Welch 0.85±0.05 vs 0.55±0.05, n=3 each: t = 7.35, df = 4.
-    assert float(sft_id["welch_p"]) == pytest.approx(0.00183, rel=0.01)
-    # One comparison per split, so Holm leaves it unchanged.
-    assert float(sft_id["welch_p_adj"]) == pytest.approx(float(sft_id["welch_p"]))
-    assert by[("sft/rl/lr=1e-4", "format_ood")]["welch_p"] == ""
-    assert by[("none/rl/lr=1e-4", "id")]["welch_p"] == "" and by[("base", "id")]["mwu_p"] == ""
+    assert sft_id["tasks"] == "64" and sft_id["constant"] == "False"
+    # Every seed of sft above every seed of none: 2 of the 20 splits are as extreme.
+    assert float(sft_id["baseline_p"]) == pytest.approx(0.1) == float(sft_id["baseline_min_p"])
+    # One comparison against the baseline per split, so Holm leaves it unchanged.
+    assert float(sft_id["baseline_p_adj"]) == pytest.approx(float(sft_id["baseline_p"]))
+    assert float(sft_id["baseline_diff"]) == pytest.approx(0.3)
+    assert float(sft_id["baseline_ci_low"]) < 0.3 < float(sft_id["baseline_ci_high"])
+    assert float(sft_id["base_diff"]) == pytest.approx(0.85 - 0.125)
+    fmt = by[("sft/rl/lr=1e-4", "format_ood")]
+    assert fmt["baseline_hedges_g"] == "" and fmt["baseline_reference_degenerate"] == "constant"
+    assert by[("none/rl/lr=1e-4", "id")]["baseline_p"] == "" and by[("base", "id")]["base_p"] == ""
     assert by[("base", "id")]["signal"] == "" and by[("base", "id")]["n"] == "1"
 
 
@@ -139,10 +149,11 @@ def test_tex_is_booktabs_with_bold_best(aggregated):
     tex = (sweep / "tables" / "main.tex").read_text()
     for cmd in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert cmd in tex
-    assert r"\textbf{85.0} $\pm$" in tex  # best on id is sft
+    assert r"\textbf{85.0} {\scriptsize [" in tex  # best on id is sft
     assert r"format\_ood" in tex and "format_ood" not in tex.replace(r"format\_ood", "")
     assert tex.count(r"\textbf") == 4  # sft on id and content_ood; none and sft tied at 50.0 on format_ood
-    assert "55.0 $\\pm$" in tex
+    assert "55.0 {\\scriptsize [" in tex and r"$^\dagger$" in tex
+    assert "seed-clustered Wilson" in tex and "$n$ seeds" in tex
 
 
 def test_png_written(aggregated):
@@ -161,8 +172,13 @@ def test_summary_json_is_strict_and_matches_return(aggregated):
     groups = {g["name"]: g for g in loaded["groups"]}
     assert groups["sft/rl/lr=1e-4"]["seeds"] == [0, 1, 2]
     assert groups["sft/rl/lr=1e-4"]["splits"]["id"]["values"] == [0.80, 0.85, 0.90]
-    assert groups["sft/rl/lr=1e-4"]["comparison"]["format_ood"]["welch_p"] is None
-    assert groups["none/rl/lr=1e-4"]["comparison"] is None and groups["base"]["comparison"] is None
+    assert groups["sft/rl/lr=1e-4"]["comparison"]["baseline"]["format_ood"]["p"] == 1.0
+    assert groups["none/rl/lr=1e-4"]["comparison"] == {
+        "baseline": None,
+        "base": groups["none/rl/lr=1e-4"]["comparison"]["base"],
+    }
+    assert groups["base"]["comparison"] == {"baseline": None, "base": None}
+    assert loaded["references"] == ["baseline", "base"] and loaded["interval"] == "seed-clustered Wilson"
     assert not list(sweep.rglob("*.tmp"))
 
 
@@ -173,9 +189,10 @@ def test_holm_across_groups_and_few_seed_warning(tmp_path):
     summary = aggregate(tmp_path, {"signal": "none"}, n_resamples=200)
     names = [g["name"] for g in summary["groups"]]
     assert names == ["none/rl/lr=1e-4", "sft/rl/lr=1e-4", "sft/sequential/lr=1e-4"]
-    comps = [g["comparison"]["id"] for g in summary["groups"][1:]]
-    raw = sorted(c["welch_p"] for c in comps)
-    adj = sorted(c["welch_p_adj"] for c in comps)
+    comps = [g["comparison"]["baseline"]["content_ood"] for g in summary["groups"][1:]]
+    raw = sorted(c["p"] for c in comps)
+    adj = sorted(c["p_adj"] for c in comps)
+    assert raw[0] < raw[1] < 1.0
     assert adj == pytest.approx([2 * raw[0], max(2 * raw[0], raw[1])])
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "Warning" in md and "`sft/sequential/lr=1e-4` (n=2)" in md
@@ -183,8 +200,8 @@ def test_holm_across_groups_and_few_seed_warning(tmp_path):
 
 def test_uncorrected_and_unknown_correction(sweep):
     raw = aggregate(sweep, BASELINE, n_resamples=100, correction="none")
-    comp = raw["groups"][2]["comparison"]["id"]
-    assert comp["welch_p_adj"] == comp["welch_p"]
+    comp = raw["groups"][2]["comparison"]["base"]["id"]
+    assert comp["p_adj"] == comp["p"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="unknown correction"):
         aggregate(sweep, BASELINE, correction="fdr")
 
@@ -330,7 +347,7 @@ def test_markdown_collapse_rate_and_restored_column(diagnosed):
     assert rows["none/rl/lr=1e-4"]["id restored"].startswith("65.0 [")
     assert rows["base"]["id restored"] == "25.0"
     assert rows["sft/rl/lr=1e-4"]["id"].startswith("85.0 [")  # the plain column is untouched
-    assert rows["sft/rl/lr=1e-4"]["id Welch"].startswith("p=")
+    assert rows["sft/rl/lr=1e-4"]["id p vs baseline"].startswith("p=")
     assert "restoration probe" in md and "2 RL steps" in md and "50% of its first-2-step mean" in md
 
 
@@ -355,7 +372,7 @@ def test_tex_collapse_and_restored(diagnosed):
     tex = (sweep / "tables" / "main.tex").read_text()
     assert r"id restored & Collapsed \\" in tex
     sft = next(line for line in tex.splitlines() if line.startswith(r"sft/rl/lr=1e-4 &"))
-    assert sft.endswith(r"& 2/3 \\") and r"\textbf{95.0} $\pm$" in sft
+    assert sft.endswith(r"& 2/3 \\") and r"\textbf{95.0} {\scriptsize [" in sft
     base = next(line for line in tex.splitlines() if line.startswith("base &"))
     assert base.endswith(r"25.0 & -- \\")
     assert r"\textless{}split\textgreater{} restored" in tex
@@ -540,25 +557,15 @@ def _with_categories(sweep: Path) -> None:
         path.write_text(json.dumps(doc))
 
 
-def test_iqm_and_probability_of_improvement_use_seed_by_category_scores(sweep):
-    from toolrl.analysis.stats import iqm, probability_of_improvement
-
+def test_profiles_and_effects_read_seed_by_category_scores(sweep):
+    """Categories change the profiles' input, not the per-seed rates the statistics use."""
+    plain = aggregate(sweep, BASELINE, n_resamples=200)
     _with_categories(sweep)
     summary = aggregate(sweep, BASELINE, n_resamples=200)
-    groups = {g["name"]: g for g in summary["groups"]}
-
-    def scores(rates):  # a = min(1, 2r), b = max(0, 2r − 1), per seed
-        return [[min(1.0, round(r * 64) / 32), max(0.0, (round(r * 64) - 32) / 32)] for r in rates]
-
-    sft, none = scores(RATES[("sft", "rl")]["id"]), scores(RATES[("none", "rl")]["id"])
-    st = groups["sft/rl/lr=1e-4"]["splits"]["id"]
-    assert st["iqm"] == pytest.approx(iqm(sft))
-    assert st["iqm_ci_low"] <= st["iqm"] <= st["iqm_ci_high"]
-    comp = groups["sft/rl/lr=1e-4"]["comparison"]["id"]
-    assert comp["poi"] == pytest.approx(probability_of_improvement(sft, none)["poi"])
-    # Category a is 1.0 for every seed of both groups (a tie: ½); b separates them completely (1).
-    assert comp["poi"] == pytest.approx(0.75)
+    assert [g["splits"] for g in summary["groups"]] == [g["splits"] for g in plain["groups"]]
+    comp = {g["name"]: g for g in summary["groups"]}["sft/rl/lr=1e-4"]["comparison"]["baseline"]["id"]
     assert comp["hedges_g"] == pytest.approx(4.8)  # 0.85±0.05 vs 0.55±0.05: d = 6, J = 0.8
+    assert (sweep / "plots" / "profiles.png").stat().st_size > 1000
 
 
 def test_effects_table(aggregated):
@@ -568,12 +575,16 @@ def test_effects_table(aggregated):
     rows = _table_rows(id_part)
     sft = rows["sft/rl/lr=1e-4"]
     main = _table_rows((sweep / "tables" / "main.md").read_text())
-    assert sft[1] == "3" and sft[2] == main["sft/rl/lr=1e-4"][2]  # the same mean and CI as the main table
-    assert sft[4] == "+30.0" and sft[5] == "+4.80"
-    assert sft[6] == "100.0 [100.0, 100.0]"  # every sft seed beats every baseline seed
-    assert rows["none/rl/lr=1e-4"][4:] == ["—"] * 5 and rows["base"][4:] == ["—"] * 5
+    assert sft[1] == "3" and sft[2] == main["sft/rl/lr=1e-4"][2]  # the same mean and interval as main.md
+    assert re.fullmatch(r"\+30\.0 \[\+\d+\.\d, \+\d+\.\d\]", sft[3])  # the interval excludes 0
+    assert sft[4] == "+4.80" and sft[5] == "p=0.1" and int(sft[6]) >= 4
+    assert sft[7].startswith("+72.5 [") and sft[8] == "p=0.5" and int(sft[9]) >= 6
+    assert rows["none/rl/lr=1e-4"][3:7] == ["—"] * 4 and rows["none/rl/lr=1e-4"][7].startswith("+42.5 [")
+    assert rows["base"][3:] == ["—"] * 7
     fmt = _table_rows(md.split("**format_ood**")[1].split("**content_ood**")[0])
-    assert fmt["sft/rl/lr=1e-4"][5] == "n/a" and fmt["sft/rl/lr=1e-4"][6].startswith("50.0")
+    assert fmt["sft/rl/lr=1e-4"][4] == "n/a (baseline constant)" and fmt["sft/rl/lr=1e-4"][6] == "—"
+    assert "**Degenerate reference:** the baseline `none/rl/lr=1e-4` on format_ood (constant)" in md
+    assert "**Underpowered**" in md and "`sft/rl/lr=1e-4` (n=3) vs base" in md
 
 
 def _grid_sweep(d: Path) -> None:
@@ -644,7 +655,7 @@ def test_latex_tables_are_balanced_booktabs(grid, name):
     header = tex.split(r"\toprule")[1].split(r"\midrule")[0].strip().splitlines()[-1]
     n_cols = header.count("&") + 1
     assert all(line.count("&") + 1 == n_cols for line in body.strip().splitlines())
-    assert r"\textbf{" in body and "$\\pm$" in body
+    assert r"\textbf{" in body and r"{\scriptsize [" in body
 
 
 def test_pivot_latex_bolds_the_best_per_column(grid):
@@ -683,9 +694,9 @@ def test_benjamini_hochberg_correction_applies(grid):
     _, summary = grid
     from toolrl.analysis.stats import benjamini_hochberg
 
-    compared = [g for g in summary["groups"] if g["comparison"]]
-    raw = [g["comparison"]["id"]["welch_p"] for g in compared]
-    assert [g["comparison"]["id"]["welch_p_adj"] for g in compared] == pytest.approx(benjamini_hochberg(raw))
+    compared = [g for g in summary["groups"] if g["comparison"]["baseline"]]
+    raw = [g["comparison"]["baseline"]["id"]["p"] for g in compared]
+    assert [g["comparison"]["baseline"]["id"]["p_adj"] for g in compared] == pytest.approx(benjamini_hochberg(raw))
     assert "Benjamini–Hochberg-corrected" in (grid[0] / "tables" / "main.md").read_text()
 
 

@@ -222,12 +222,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         cfg.sweep_dir,
         cfg.sweep.baseline.__dict__,
         SPLITS,
-        a.confidence,
-        a.n_resamples,
-        a.correction,
+        confidence=a.confidence,
+        n_resamples=a.n_resamples,
+        correction=a.correction,
         seed=cfg.world.seed,
         diagnostics=cfg.diagnostics,
         paper=a.paper,
+        alpha=a.alpha,
+        power=a.power,
     )
     exp = tracking.read_experiment(Path(args.experiment))
     _log_evaluations(cfg, Path(args.experiment))
@@ -286,6 +288,12 @@ def cmd_schema(args: argparse.Namespace) -> None:
     sys.stdout.write(schema.render())
 
 
+def cmd_coverage(args: argparse.Namespace) -> None:
+    from toolrl.analysis import coverage
+
+    sys.stdout.write(coverage.table(args.seeds, args.tasks, experiments=args.experiments, confidence=args.confidence))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toolrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -324,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the config's JSON schema (YAML), generated from the config dataclasses "
         "with the installed plugins' sections",
     ).set_defaults(fn=cmd_schema)
+    cov = sub.add_parser(
+        "coverage",
+        help="simulate the tables' intervals at your seeds and tasks and print their empirical coverage",
+    )
+    cov.add_argument("--seeds", type=int, nargs="+", default=[3, 5, 10], help="seeds per group")
+    cov.add_argument("--tasks", type=int, nargs="+", default=[64], help="tasks per split")
+    cov.add_argument("--experiments", type=int, default=2000, help="simulated sweeps per setting")
+    cov.add_argument("--confidence", type=float, default=0.95, help="nominal coverage")
+    cov.set_defaults(fn=cmd_coverage)
     return p
 
 

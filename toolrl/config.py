@@ -442,7 +442,26 @@ class AggregateConfig:
         default=0.95,
         metadata={"help": "confidence level of every interval", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     )
-    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples", "minimum": 1})
+    n_resamples: int = field(
+        default=9999,
+        metadata={
+            "help": "random relabellings for a permutation test too large to enumerate (above 200,000: "
+            "more than 10 vs 10 seeds); smaller ones are exact",
+            "minimum": 1,
+        },
+    )
+    alpha: float = field(
+        default=0.05,
+        metadata={
+            "help": "significance level of the seeds-needed numbers and the underpowered warnings",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+        },
+    )
+    power: float = field(
+        default=0.8,
+        metadata={"help": "power the seeds-needed numbers aim for", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    )
     correction: str = field(
         default="holm",
         metadata={

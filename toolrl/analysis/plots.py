@@ -1,6 +1,6 @@
 """The sweep's figures, each written as PNG (for the Snakemake report) and PDF (for the paper):
-success per split with CIs, training curves with seed bands, the learning-rate sensitivity curve,
-and performance profiles (rliable's score distributions)."""
+success per split with intervals, training curves with seed bands, the learning-rate sensitivity
+curve, and performance profiles (rliable's score distributions)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from toolrl.analysis.collapse import CURVES
-from toolrl.analysis.stats import performance_profile
 from toolrl.config import format_lr
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def success(summary: dict[str, Any]) -> Figure:
-    """Success per split, a bar per group with its CI over seeds."""
+    """Success per split, a bar per group with its interval over seeds."""
     splits, groups = summary["splits"], summary["groups"]
     width = 0.8 / len(groups)
     fig = _figure(max(6.0, 1.2 * len(splits) * (1 + 0.4 * len(groups))), 4.5)
@@ -53,7 +52,7 @@ def success(summary: dict[str, Any]) -> Figure:
     ax.set_xlabel("evaluation split")
     ax.set_ylabel("task success (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"Success by split: mean over seeds, {100 * summary['confidence']:g}% bootstrap CI")
+    ax.set_title(f"Success by split: mean over seeds, {100 * summary['confidence']:g}% {summary['interval']} interval")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -124,8 +123,8 @@ def _finish_panels(fig: Figure, axes: list[Any], ylabel: str, legend_title: str)
 
 
 def lr_sensitivity(summary: dict[str, Any]) -> Figure:
-    """Success against the RL learning rate, a panel per split, a line per (signal, scheme) with CI
-    bars over seeds; the base model as a dashed line. Where the paper's question is whether a
+    """Success against the RL learning rate, a panel per split, a line per (signal, scheme) with
+    interval bars over seeds; the base model as a dashed line. Where the paper's question is whether a
     signal keeps training stable at rates that make vanilla GRPO collapse, this is the picture."""
     splits = summary["splits"]
     trained = [g for g in summary["groups"] if g["name"] != BASE]
@@ -151,9 +150,8 @@ def lr_sensitivity(summary: dict[str, Any]) -> Figure:
         ax.set_title(s)
         ax.set_xlabel("RL learning rate")
         ax.set_ylim(-3, 103)
-    return _finish_panels(
-        fig, axes, "task success (%)", f"mean over seeds,\n{100 * summary['confidence']:g}% bootstrap CI"
-    )
+    title = f"mean over seeds, {100 * summary['confidence']:g}%\n{summary['interval']} interval"
+    return _finish_panels(fig, axes, "task success (%)", title)
 
 
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -161,29 +159,23 @@ THRESHOLDS = np.linspace(0.0, 1.0, 101)
 
 def profiles(summary: dict[str, Any], scores: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """Performance profiles: for each group, the fraction of its seed × task-category success
-    rates above τ, with a stratified-bootstrap band (rliable's plot_performance_profiles). A panel
-    per split; `scores` is group name → split → (seeds, categories) matrix."""
+    rates above τ (rliable's score distributions), a panel per split; `scores` is group name →
+    split → (seeds, categories) matrix. No band: at 3 to 10 seeds no bootstrap band over seeds has
+    its stated coverage (docs/statistics.md), so the curve shows the data and claims nothing more."""
     fig, axes = _split_panels(summary)
     for ax, s in zip(axes, summary["splits"], strict=True):
         for i, g in enumerate(summary["groups"]):
-            prof = performance_profile(
-                scores[g["name"]][s],
-                THRESHOLDS,
-                summary["confidence"],
-                min(summary["n_resamples"], 1000),
-                summary["seed"],
-            )
-            color = "0.3" if g["name"] == BASE else f"C{i % 10}"
+            fraction = (scores[g["name"]][s].ravel()[:, None] > THRESHOLDS).mean(axis=0)
             ax.plot(
                 100 * THRESHOLDS,
-                prof["fraction"],
-                color=color,
+                fraction,
+                color="0.3" if g["name"] == BASE else f"C{i % 10}",
                 lw=1.5,
                 ls="--" if g["name"] == BASE else "-",
                 label=f"{g['name']} (n={g['n']})",
+                drawstyle="steps-post",
             )
-            ax.fill_between(100 * THRESHOLDS, prof["ci_low"], prof["ci_high"], color=color, alpha=0.15, lw=0)
         ax.set_title(s)
         ax.set_xlabel("success threshold τ (%)")
         ax.set_ylim(-0.03, 1.03)
-    return _finish_panels(fig, axes, "fraction of runs × categories > τ", "band: stratified-bootstrap CI")
+    return _finish_panels(fig, axes, "fraction of seeds × categories > τ", "seeds × categories")

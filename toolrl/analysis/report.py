@@ -19,19 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from toolrl.analysis import plots, tables
+from toolrl.analysis import plots, stats, tables
 from toolrl.analysis.collapse import CURVES, detect, series
 from toolrl.analysis.outputs import BY_NAME, OUTPUTS
-from toolrl.analysis.stats import (
-    CORRECTIONS,
-    adjust,
-    compare,
-    hedges_g,
-    iqm_interval,
-    probability_of_improvement,
-    summarize,
-)
-from toolrl.analysis.tables import BASE, TESTS
+from toolrl.analysis.tables import BASE, REFERENCES
 from toolrl.config import SPLITS, Cell, CellFilter, DiagnosticsConfig, parse_cell
 from toolrl.io import read_json, read_jsonl, require, write_bytes, write_text
 from toolrl.paper import PAPER_SPLIT, PUBLISHED, published_for
@@ -45,6 +36,7 @@ class Run:
 
     cell: Cell | None  # None for the base model
     rates: dict[str, float]  # split → success rate
+    tasks: dict[str, int]  # split → number of tasks the rate is over
     restored: dict[str, float] = field(default_factory=dict)  # split → success with the collapse mask
     collapse: dict[str, Any] | None = None  # `collapse.detect` on the train log; None without one
     # split → category (a task's domain: BFCL's base/miss_param/…) → success rate
@@ -62,6 +54,11 @@ class Group:
     # split → restored success per seed, for the splits where every seed of the group has it.
     restored: dict[str, list[float]] = field(default_factory=dict)
     runs: list[Run] = field(default_factory=list)  # in `cells` order
+
+    def tasks(self, split: str) -> int:
+        """Tasks per run on `split`; the fewest if stale files disagree, which only makes the
+        interval of seeds that tie wider."""
+        return min(r.tasks[split] for r in self.runs)
 
 
 # --------------------------------------------------------------------------- reading
@@ -98,9 +95,9 @@ def _categories(doc: dict[str, Any]) -> dict[str, float]:
     return {d: sum(v) / len(v) for d, v in sorted(by.items())}
 
 
-def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None, dict[str, float]]:
-    """One run's success rate, restored rate and per-category rates, checked against where the
-    file lies so a misplaced copy fails here."""
+def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None, dict[str, float], int]:
+    """One run's success rate, restored rate, per-category rates and task count, checked against
+    where the file lies so a misplaced copy fails here."""
     doc = read_eval(path)
     if doc["split"] != split:
         raise ValueError(f"evaluation file {path} is for split {doc['split']!r}, expected {split!r}")
@@ -112,7 +109,9 @@ def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float 
         if not claimed.matches(CellFilter(**vars(cell))):
             raise ValueError(f"evaluation file {path} is for cell {claimed.path}, not {cell.path}")
     restored = float(doc["restored"]["success_rate"]) if "restored" in doc else None
-    return float(doc["success_rate"]), restored, _categories(doc)
+    if not doc["tasks"]:
+        raise ValueError(f"evaluation file {path} has no tasks")
+    return float(doc["success_rate"]), restored, _categories(doc), len(doc["tasks"])
 
 
 def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any] | None, dict[str, dict[int, float]]]:
@@ -142,9 +141,10 @@ def _read_run(eval_dir: Path, splits: Sequence[str], cell: Cell | None) -> Run |
     read = {s: _read_eval(eval_dir / f"{s}.json", s, cell) for s in splits}
     return Run(
         cell,
-        {s: r for s, (r, _, _) in read.items()},
-        {s: q for s, (_, q, _) in read.items() if q is not None},
-        categories={s: c for s, (_, _, c) in read.items()},
+        {s: r for s, (r, _, _, _) in read.items()},
+        {s: t for s, (_, _, _, t) in read.items()},
+        {s: q for s, (_, q, _, _) in read.items() if q is not None},
+        categories={s: c for s, (_, _, c, _) in read.items()},
     )
 
 
@@ -228,8 +228,8 @@ def _find_baseline(groups: Sequence[Group], baseline: Mapping[str, Any] | CellFi
 
 
 def score_matrix(g: Group, split: str) -> np.ndarray:
-    """(seeds, task categories): each run's success rate per category, the input of rliable's
-    estimators. Categories are those every run of the group has (they come from the same split
+    """(seeds, task categories): each run's success rate per category, the input of the
+    performance profiles. Categories are those every run of the group has (they come from the same split
     file, so they agree unless evaluations are stale); a split without categories is one column of
     the runs' overall rates."""
     cats = sorted(set.intersection(*(set(r.categories.get(split, {})) for r in g.runs))) if g.runs else []
@@ -238,39 +238,47 @@ def score_matrix(g: Group, split: str) -> np.ndarray:
     return np.array([[r.categories[split][c] for c in cats] for r in g.runs])
 
 
-def _compare_all(
-    others: Sequence[Group],
-    ref: Group,
-    splits: Sequence[str],
-    correction: str,
-    confidence: float,
-    n_resamples: int,
-    seed: int,
-    scores: Mapping[str, Mapping[str, np.ndarray]],
-) -> dict[str, dict[str, dict[str, float | None]]]:
-    """group → split → difference, effect sizes, raw and adjusted p-values. `scores`: group name →
-    split → `score_matrix`.
+@dataclass(frozen=True)
+class Settings:
+    """The aggregate config's statistics settings, passed as one."""
 
-    The family for the correction is one split and one test across the groups, because each split
-    answers its own question (in-distribution vs. OOD) and a reader reads each test on its own.
-    """
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for g in others:
-        out[g.name] = {}
-        for s in splits:
-            poi = probability_of_improvement(scores[g.name][s], scores[ref.name][s], confidence, n_resamples, seed)
-            out[g.name][s] = {
-                **compare(g.rates[s], ref.rates[s]),
-                "hedges_g": hedges_g(g.rates[s], ref.rates[s]),
-                "poi": poi["poi"],
-                "poi_ci_low": poi["ci_low"],
-                "poi_ci_high": poi["ci_high"],
-            }
+    confidence: float = 0.95
+    alpha: float = 0.05
+    power: float = 0.8
+    correction: str = "holm"
+    n_resamples: int = 9999
+    seed: int = 0
+
+
+def _compare(g: Group, ref: Group, split: str, st: Settings, family: int) -> dict[str, Any]:
+    """One group against one reference on one split: the difference with its interval, the
+    exact test, Hedges' g (None against a degenerate reference, which is named instead) and the
+    seeds per group the observed difference would need."""
+    a, b = g.rates[split], ref.rates[split]
+    ta, tb = g.tasks(split), ref.tasks(split)
+    return {
+        **stats.difference_interval(a, b, ta, tb, st.confidence),
+        **stats.exact_test(a, b, st.n_resamples, st.seed),
+        "hedges_g": stats.hedges_g(a, b),
+        "group_degenerate": stats.degenerate(a),
+        "reference_degenerate": stats.degenerate(b),
+        "seeds_needed": stats.seeds_needed(a, b, ta, tb, stats.level(st.alpha, st.correction, family), st.power),
+    }
+
+
+def _compare_all(
+    groups: Sequence[Group], ref: Group, splits: Sequence[str], st: Settings
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """group → split → `_compare` against `ref`, with `p_adj` corrected across the groups.
+
+    The family for the correction is one reference and one split, because each split answers its
+    own question (in-distribution vs. OOD) and each reference its own (did RL help at all; does a
+    recipe beat the baseline recipe)."""
+    out = {g.name: {s: _compare(g, ref, s, st, len(groups)) for s in splits} for g in groups}
     for s in splits:
-        for test in TESTS:
-            adjusted = adjust([out[g.name][s][f"{test}_p"] for g in others], correction)
-            for g, q in zip(others, adjusted, strict=True):
-                out[g.name][s][f"{test}_p_adj"] = q
+        adjusted = stats.adjust([out[g.name][s]["p"] for g in groups], st.correction)
+        for g, q in zip(groups, adjusted, strict=True):
+            out[g.name][s]["p_adj"] = q
     return out
 
 
@@ -286,16 +294,6 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
     return {"collapsed": sum(p["collapsed"] for p in judged), "runs": len(judged), "per_seed": per_seed}
 
 
-def _split_stats(
-    g: Group, split: str, scores: np.ndarray, confidence: float, n_resamples: int, seed: int
-) -> dict[str, Any]:
-    """Mean with a bootstrap CI over seeds, and the IQM over seeds × categories with rliable's
-    stratified CI."""
-    st = summarize(g.rates[split], confidence, n_resamples, seed)
-    q = iqm_interval(scores, confidence, n_resamples, seed)
-    return {**st, "iqm": q["iqm"], "iqm_ci_low": q["ci_low"], "iqm_ci_high": q["ci_high"]}
-
-
 def _paper_record(paper: str | None, first: Cell | None) -> dict[str, Any] | None:
     pub = published_for(paper, first.signal if first else None, first.scheme if first else None)
     return (
@@ -306,8 +304,8 @@ def _paper_record(paper: str | None, first: Cell | None) -> dict[str, Any] | Non
 def _group_record(
     g: Group,
     splits: Sequence[str],
-    stats: dict[str, dict[str, Any]],
-    comparison: dict[str, Any] | None,
+    split_stats: dict[str, dict[str, Any]],
+    comparison: dict[str, Any],
     restored: dict[str, dict[str, Any]],
     paper: str | None,
 ) -> dict[str, Any]:
@@ -319,7 +317,8 @@ def _group_record(
         "lr": first.lr if first else None,
         "seeds": [c.seed for c in g.cells],
         "n": len(g.rates[splits[0]]),
-        "splits": {s: {**stats[s], "values": g.rates[s]} for s in splits},
+        "tasks": {s: g.tasks(s) for s in splits},
+        "splits": {s: {**split_stats[s], "values": g.rates[s]} for s in splits},
         "restored": {s: {**restored[s], "values": g.restored[s]} for s in restored},
         "collapse": _collapse_record(g),
         "comparison": comparison,
@@ -364,52 +363,66 @@ def aggregate(
     baseline: Mapping[str, Any] | CellFilter,
     splits: Sequence[str] = SPLITS,
     confidence: float = 0.95,
-    n_resamples: int = 2000,
+    n_resamples: int = 9999,
     correction: str = "holm",
     seed: int = 0,
     diagnostics: DiagnosticsConfig | None = None,
     paper: str | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
 ) -> dict[str, Any]:
-    """Summarise every group of a sweep, test each against the baseline, write tables and plots.
+    """Summarise every group of a sweep, compare each with the base model and the baseline, write
+    tables and plots.
 
     `baseline` is a partial cell (None = any); the first group in sorted order that has a matching
     run is the baseline, so `{"signal": "none", "scheme": "rl"}` picks the smallest learning rate.
-    `diagnostics` holds the collapse detector's thresholds (None: the config's defaults); each
-    run's `train_log.jsonl` is judged with them and drawn in `plots/curves.png`. `paper` names
-    the published numbers (`toolrl.paper.PUBLISHED`) to set beside ours. Returns what it writes to
-    `summary.json`.
+    `n_resamples` only matters for tests too large to enumerate (stats.EXACT_LIMIT); `alpha` and
+    `power` set the level and power of the seeds-needed numbers. `diagnostics` holds the collapse
+    detector's thresholds (None: the config's defaults); each run's `train_log.jsonl` is judged
+    with them and drawn in `plots/curves.png`. `paper` names the published numbers
+    (`toolrl.paper.PUBLISHED`) to set beside ours. Returns what it writes to `summary.json`.
     """
     sweep_dir = Path(sweep_dir)
     splits = tuple(splits)
     diag = diagnostics if diagnostics is not None else DiagnosticsConfig()
     if not splits:
         raise ValueError("splits must not be empty")
-    if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction '{correction}' (choose from {', '.join(CORRECTIONS)})")
+    if correction not in stats.CORRECTIONS:
+        raise ValueError(f"unknown correction '{correction}' (choose from {', '.join(stats.CORRECTIONS)})")
     if paper is not None and paper not in PUBLISHED:
         raise ValueError(f"unknown paper reference '{paper}' (choose from {', '.join(PUBLISHED)})")
+    for name, value in (("confidence", confidence), ("alpha", alpha), ("power", power)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    st = Settings(confidence, alpha, power, correction, n_resamples, seed)
     base, groups = _load_groups(sweep_dir, splits, diag)
     if not groups:
         raise ValueError(f"no evaluated runs under {sweep_dir / 'runs'}")
     ref = _find_baseline(groups, baseline)
     others = [g for g in groups if g is not ref]
     ordered = ([base] if base else []) + [ref] + others
-    scores = {g.name: {s: score_matrix(g, s) for s in splits} for g in ordered}
-    comparisons = _compare_all(others, ref, splits, correction, confidence, n_resamples, seed, scores)
+    vs = {"baseline": _compare_all(others, ref, splits, st)}
+    if base is not None:
+        vs["base"] = _compare_all([ref, *others], base, splits, st)
 
     records = []
     for g in ordered:
-        stats = {s: _split_stats(g, s, scores[g.name][s], confidence, n_resamples, seed) for s in splits}
-        restored = {s: summarize(v, confidence, n_resamples, seed) for s, v in g.restored.items()}
-        records.append(_group_record(g, splits, stats, comparisons.get(g.name), restored, paper))
+        split_stats = {s: stats.summarize(g.rates[s], g.tasks(s), confidence) for s in splits}
+        restored = {s: stats.summarize(v, g.tasks(s), confidence) for s, v in g.restored.items()}
+        comparison = {r: vs[r].get(g.name) for r in REFERENCES if r in vs}
+        records.append(_group_record(g, splits, split_stats, comparison, restored, paper))
     summary: dict[str, Any] = {
         "sweep_dir": str(sweep_dir),
         "splits": list(splits),
         "restored_splits": [s for s in splits if any(s in g.restored for g in ordered)],
         "baseline": ref.name,
         "baseline_filter": dict(vars(baseline)) if isinstance(baseline, CellFilter) else dict(baseline),
-        "correction": correction,
+        "references": list(vs),
+        "interval": stats.INTERVAL_METHOD,
         "confidence": confidence,
+        "correction": correction,
+        "alpha": alpha,
+        "power": power,
         "n_resamples": n_resamples,
         "seed": seed,
         "diagnostics": {"window": diag.window, "reward_drop": diag.reward_drop, "token_shift": diag.token_shift},
@@ -418,13 +431,15 @@ def aggregate(
     }
     for g in tables.few_seed_groups(summary):
         log.warning("group %s has only %d seed(s); its CI and p-values are unreliable", g["name"], g["n"])
+    for line in tables.underpowered(summary):
+        log.warning("underpowered: %s", line)
 
     cat_rows = category_rows(ordered, splits)
     figures = {
         "plot": plots.success(summary),
         "curves": plots.curves(ordered),
         "lr_plot": plots.lr_sensitivity(summary),
-        "profiles": plots.profiles(summary, scores),
+        "profiles": plots.profiles(summary, {g.name: {s: score_matrix(g, s) for s in splits} for g in ordered}),
     }
     # What each file of OUTPUTS holds, by its name; the paths come from OUTPUTS alone.
     render: dict[str, Callable[[], str | bytes]] = {

@@ -1,27 +1,36 @@
-"""Statistics over seeds: summaries with bootstrap CIs, rliable's robust aggregates (IQM, stratified
-bootstrap, probability of improvement), two-sample tests, effect sizes, multiple-testing correction.
+"""Statistics over seeds that keep their stated properties at the 3 to 10 seeds a sweep has.
 
-A sweep has few seeds per group (typically 3), so every function here has to stay finite and quiet
-on the degenerate samples that small n produces all the time — a single seed, or seeds that all
-score the same — where scipy returns NaN, raises, or warns. The callers write tables for people,
-and a NaN or a wall of RuntimeWarnings there hides the numbers that are fine.
+The seed is the unit of replication; a run's success rate on a split is the mean of T Bernoulli
+task outcomes. Every interval here is checked by simulation from that two-level model (a seed
+effect, then Bernoulli tasks) in `toolrl.analysis.coverage` and `tests/test_coverage.py`, and
+every test is exact at its n. Bootstrap intervals are absent on purpose: over 3 seeds a percentile
+bootstrap is the seeds' minimum and maximum, which covers about 75%, not 95%.
+
+Functions stay finite and quiet on what small n produces all the time (one seed, seeds that all
+score the same), because their callers write tables for people.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats as sps
 
 from toolrl.config import CORRECTIONS
 
-# Success rates from different code paths (sum/len vs. mean) can differ in the last bit; scipy then
-# sees a variance of ~1e-33 and reports a confident p-value for what is really a tie.
+# Success rates from different code paths (sum/len vs. mean) can differ in the last bit; a spread
+# of ~1e-17 is a tie, not evidence.
 _CONSTANT_RTOL = 1e-12
+
+# An exact permutation test enumerates every relabelling up to this many (10 vs 10 seeds has
+# 184,756); beyond it scipy draws `n_resamples` at random.
+EXACT_LIMIT = 200_000
+
+INTERVAL_METHOD = "seed-clustered Wilson"
 
 
 def _as_sample(values: Sequence[float], name: str = "values") -> np.ndarray:
@@ -34,228 +43,291 @@ def _as_sample(values: Sequence[float], name: str = "values") -> np.ndarray:
     return x
 
 
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def _is_constant(x: np.ndarray) -> bool:
     return bool(np.ptp(x) <= _CONSTANT_RTOL * max(1.0, float(np.max(np.abs(x)))))
 
 
-def summarize(
-    values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    """Mean, sample std and a bootstrap CI of the mean over seeds.
+def degenerate(values: Sequence[float]) -> str | None:
+    """'all zero', 'all one' or 'constant' for seeds that all score the same, else None.
 
-    The CI is the percentile bootstrap, not scipy's default BCa: BCa's acceleration term is a
-    jackknife ratio that is 0/0 for 3 seeds with ties (common when success rates are k/64), so it
-    comes out NaN with a warning. The percentile interval is always defined, and for n == 1 or a
-    constant sample — where resampling has nothing to vary — it is the point itself, which is what
-    the bootstrap would give anyway if scipy did not refuse n == 1. A fixed `seed` makes tables
-    reproducible byte for byte.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    Against such a reference a standardised effect divides by a spread of zero and a probability
+    of improvement counts only the other group's non-zero runs; the tables flag it instead."""
     x = _as_sample(values)
-    mean = float(np.mean(x))
-    std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
-    if x.size == 1 or np.ptp(x) == 0.0:
-        low = high = mean
-    else:
-        res = sps.bootstrap(
-            (x,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"mean": mean, "std": std, "n": int(x.size), "ci_low": low, "ci_high": high}
+    if x.size < 2 or not _is_constant(x):
+        return None
+    if np.all(x == 0.0):
+        return "all zero"
+    if np.all(x == 1.0):
+        return "all one"
+    return "constant"
 
 
-# --------------------------------------------------------------------------- rliable's estimators
-#
-# rliable (Agarwal et al., 2021) is the reference for honest RL statistics, but it is archived and
-# its `arch` dependency breaks under pandas 3, which our stack resolves (measured: import fails), so
-# its three estimators are rebuilt here on `scipy.stats.bootstrap`. Their inputs are score matrices
-# of shape (runs, tasks): a row per seed, a column per task category (BFCL's base/miss_param/…, or a
-# synthetic domain), each entry that run's success rate on that category. Tasks within a category
-# are averaged first (they share the run's weights, so they are not independent evidence); the
-# bootstrap then resamples seeds, separately within each category ("stratified"), because the seed
-# is the unit of replication.
+# --------------------------------------------------------------------------- intervals
 
 
-def _score_matrix(scores: Sequence[Sequence[float]] | np.ndarray, name: str) -> np.ndarray:
-    m = np.asarray(scores, dtype=float)
-    if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty (runs, tasks) matrix, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise ValueError(f"{name} contains NaN or inf: {m.tolist()}")
-    return m
+def _dispersion(rates: np.ndarray, tasks: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, variance of one seed's rate, and phi = that variance / (mean (1 - mean)), along the
+    last axis. Seeds that all score the same give no spread to estimate from: phi is then the
+    binomial 1/T (no seed effect), the smallest the two-level model allows."""
+    n = rates.shape[-1]
+    mean = rates.mean(axis=-1)
+    var = rates.var(axis=-1, ddof=1) if n > 1 else np.zeros_like(mean)
+    tasks = np.asarray(tasks, dtype=float)
+    spread = np.ptp(rates, axis=-1) > _CONSTANT_RTOL * np.maximum(1.0, np.max(np.abs(rates), axis=-1))
+    var = np.where(spread, var, mean * (1.0 - mean) / tasks)
+    pq = mean * (1.0 - mean)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(pq > 0, var / pq, 1.0 / tasks)
+    return mean, var, phi
 
 
-def iqm(scores: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
-    """Interquartile mean: the mean of the middle 50% of all scores (rliable's aggregate_iqm).
+def _wilson(mean: np.ndarray, phi: np.ndarray, n: int, crit: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The μ with (mean − μ)² ≤ crit² · phi · μ(1 − μ) / n: a Wilson score interval whose
+    variance is the observed one scaled to each μ, so it bends towards 0.5 near the floor and
+    ceiling where a symmetric interval would cross them."""
+    k = np.asarray(crit, dtype=float) ** 2 * phi / n
+    centre = (2.0 * mean + k) / (2.0 * (1.0 + k))
+    half = np.sqrt(np.maximum(k * k + 4.0 * k * mean * (1.0 - mean), 0.0)) / (2.0 * (1.0 + k))
+    # The mean always solves the inequality; rounding must not push a bound of 0 or 1 past it.
+    return np.clip(np.minimum(centre - half, mean), 0.0, 1.0), np.clip(np.maximum(centre + half, mean), 0.0, 1.0)
 
-    Robust to one outlying seed like the median, but uses half of the data rather than one point,
-    so its CI is far narrower with few runs. For fewer than 4 values scipy cuts nothing, so the IQM
-    equals the mean — which is the honest answer for 3 seeds of one category.
+
+def clustered_wilson(
+    rates: ArrayLike, tasks: ArrayLike, confidence: float = 0.95, crit: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) of the seed-clustered Wilson interval, along the last axis of `rates`
+    (one success rate per seed, each over `tasks` tasks; leading axes are batches).
+
+    It is the Wilson score interval over all n × T task outcomes with Kish's effective sample
+    size (the outcomes of one seed share its weights, so they count as fewer) and Student's t
+    with n − 1 degrees of freedom in place of the normal quantile, since the spread comes from
+    n seeds. `crit` overrides that quantile (`difference` passes the Welch one). Needs n ≥ 2.
     """
-    x = np.asarray(scores, dtype=float)
-    if axis is None:
-        return float(sps.trim_mean(x.ravel(), 0.25))
-    return sps.trim_mean(x, 0.25, axis=axis)
+    _check_confidence(confidence)
+    x = np.asarray(rates, dtype=float)
+    n = x.shape[-1]
+    if n < 2:
+        raise ValueError("an interval over seeds needs at least 2 seeds")
+    mean, _, phi = _dispersion(x, tasks)
+    if crit is None:
+        crit = sps.t.ppf(0.5 + confidence / 2.0, n - 1)
+    low, high = _wilson(mean, phi, n, crit)
+    return mean, low, high
 
 
-def _interval(
-    columns: list[np.ndarray], statistic: Any, point: Any, confidence: float, n_resamples: int, seed: int
-) -> tuple[Any, Any]:
-    """Percentile CI of `statistic` (a scalar, or a vector like a performance profile) under the
-    stratified bootstrap: each column (a task of one group) is resampled on its own, which is what
-    `scipy.stats.bootstrap` does with several unpaired samples. Every column needs two runs to
-    vary, and a statistic that cannot vary gives the point itself (the percentile method, unlike
-    BCa, never goes NaN on ties)."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    scalar = np.ndim(point) == 0
-    if any(c.size < 2 for c in columns) or all(np.ptp(c) == 0.0 for c in columns):
-        return (point, point) if scalar else (point.copy(), point.copy())
-    res = sps.bootstrap(
-        tuple(columns),
-        statistic,
+def summarize(values: Sequence[float], tasks: int, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean, sample sd and the seed-clustered Wilson interval of one group's seeds.
+
+    One seed has no interval (the bounds are the point, and tables print none); `constant` marks
+    seeds that all scored the same, whose interval assumes no seed effect."""
+    x = _as_sample(values)
+    _check_confidence(confidence)
+    if tasks < 1:
+        raise ValueError(f"tasks must be >= 1, got {tasks}")
+    mean = float(np.mean(x))
+    if x.size == 1:
+        return {"mean": mean, "std": 0.0, "n": 1, "ci_low": mean, "ci_high": mean, "constant": False}
+    _, low, high = clustered_wilson(x, tasks, confidence)
+    return {
+        "mean": mean,
+        "std": float(np.std(x, ddof=1)),
+        "n": int(x.size),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "constant": _is_constant(x),
+    }
+
+
+def _welch_df(var_a: np.ndarray, n_a: int, var_b: np.ndarray, n_b: int) -> np.ndarray:
+    """Welch–Satterthwaite degrees of freedom of a difference of two means; both spreads zero
+    (only possible at a 0 or 1 floor) leaves the smaller group's n − 1."""
+    va, vb = var_a / n_a, var_b / n_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return np.where(np.isfinite(df), df, min(n_a, n_b) - 1)
+
+
+def difference(
+    a: ArrayLike, b: ArrayLike, tasks_a: ArrayLike, tasks_b: ArrayLike, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean(a) − mean(b), low, high) by MOVER (Zou & Donner 2008): each group's seed-clustered
+    Wilson interval, both at the Welch–Satterthwaite t quantile, combined so that the interval
+    keeps the asymmetry each one has near 0 and 1. Along the last axes; both need ≥ 2 seeds."""
+    _check_confidence(confidence)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    na, nb = x.shape[-1], y.shape[-1]
+    if na < 2 or nb < 2:
+        raise ValueError("a difference of two groups needs at least 2 seeds in each")
+    ma, va, pa = _dispersion(x, tasks_a)
+    mb, vb, pb = _dispersion(y, tasks_b)
+    crit = sps.t.ppf(0.5 + confidence / 2.0, _welch_df(va, na, vb, nb))
+    la, ua = _wilson(ma, pa, na, crit)
+    lb, ub = _wilson(mb, pb, nb, crit)
+    d = ma - mb
+    return d, d - np.sqrt((ma - la) ** 2 + (ub - mb) ** 2), d + np.sqrt((ua - ma) ** 2 + (mb - lb) ** 2)
+
+
+def difference_interval(
+    a: Sequence[float], b: Sequence[float], tasks_a: int, tasks_b: int, confidence: float = 0.95
+) -> dict[str, float | None]:
+    """`difference` for two groups' seeds. With one seed in `b` (the base model, a single fixed
+    starting point evaluated greedily on fixed tasks) `b` is a constant and the interval is a's
+    own, shifted; with one seed in `a` there is no interval (None)."""
+    x, y = _as_sample(a, "a"), _as_sample(b, "b")
+    diff = float(np.mean(x) - np.mean(y))
+    if x.size < 2:
+        return {"diff": diff, "ci_low": None, "ci_high": None}
+    if y.size == 1:
+        _, low, high = clustered_wilson(x, tasks_a, confidence)
+        return {"diff": diff, "ci_low": float(low) - float(y[0]), "ci_high": float(high) - float(y[0])}
+    _, low, high = difference(x, y, tasks_a, tasks_b, confidence)
+    return {"diff": diff, "ci_low": float(low), "ci_high": float(high)}
+
+
+# --------------------------------------------------------------------------- exact tests
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """Rates are k/T; the same relabelling summed in another order differs in the last bit, and
+    scipy's tolerance for such ties is relative to the statistic. Rounding is safer."""
+    return np.round(x, 12)
+
+
+def permutation_p(a: ArrayLike, b: ArrayLike, n_resamples: int = 9999, seed: int = 0) -> np.ndarray:
+    """Two-sided p of the exact permutation test of equal means: every split of the pooled seeds
+    into groups of the two sizes (up to EXACT_LIMIT of them; Monte Carlo beyond). Valid at any n
+    under exchangeability; with 3 vs 3 seeds it cannot go below 0.1 (2 of 20 splits)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    splits = math.comb(x.shape[-1] + y.shape[-1], x.shape[-1])
+    res = sps.permutation_test(
+        (_round(x), _round(y)),
+        _mean_diff,
+        permutation_type="independent",
         vectorized=True,
-        paired=False,
-        method="percentile",
-        confidence_level=confidence,
-        n_resamples=n_resamples,
+        n_resamples=splits if splits <= EXACT_LIMIT else n_resamples,
+        alternative="two-sided",
+        axis=-1,
         rng=np.random.default_rng(seed),
     )
-    # Resampled IQMs can only land on values the data reaches; float noise must not put the bound
-    # a hair outside the point for a statistic that barely varies.
-    low = np.minimum(res.confidence_interval.low, point)
-    high = np.maximum(res.confidence_interval.high, point)
-    return (float(low), float(high)) if scalar else (low, high)
+    return np.minimum(res.pvalue, 1.0)
 
 
-def iqm_interval(
-    scores: Sequence[Sequence[float]] | np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """IQM over all runs × tasks with a stratified-bootstrap percentile CI (rliable's
-    get_interval_estimates with aggregate_iqm)."""
-    m = _score_matrix(scores, "scores")
-    point = float(iqm(m))
-
-    def stat(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
-        return iqm(np.concatenate(cols, axis=axis), axis=axis)
-
-    low, high = _interval(list(m.T), stat, point, confidence, n_resamples, seed)
-    return {"iqm": point, "ci_low": low, "ci_high": high}
-
-
-def _pairwise_greater(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) + ½·P(X = Y) over all pairs, along the last axis (the Mann–Whitney U statistic
-    divided by n·m), for x of shape (..., n) and y of shape (..., m)."""
-    diff = x[..., :, None] - y[..., None, :]
-    return (diff > 0).mean(axis=(-2, -1)) + 0.5 * (diff == 0).mean(axis=(-2, -1))
+def sign_flip_p(a: ArrayLike, reference: ArrayLike, n_resamples: int = 9999, seed: int = 0) -> np.ndarray:
+    """Two-sided p of the exact one-sample permutation test that the seeds' rates are symmetric
+    about a fixed `reference` (the base model's score): every flip of the signs of their
+    differences from it. With 3 seeds it cannot go below 0.25 (2 of 8 flips)."""
+    d = _round(np.asarray(a, dtype=float) - np.asarray(reference, dtype=float)[..., None])
+    flips = 2 ** d.shape[-1]
+    res = sps.permutation_test(
+        (d,),
+        _mean,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=flips if flips <= EXACT_LIMIT else n_resamples,
+        alternative="two-sided",
+        axis=-1,
+        rng=np.random.default_rng(seed),
+    )
+    return np.minimum(res.pvalue, 1.0)
 
 
-def probability_of_improvement(
-    x: Sequence[Sequence[float]] | np.ndarray,
-    y: Sequence[Sequence[float]] | np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """P(X > Y): the probability that a run of recipe X beats a run of recipe Y on a task,
-    averaged over tasks (rliable's probability_of_improvement), with a stratified-bootstrap CI
-    that resamples both groups' runs within each task.
-
-    Unlike a p-value it says how often X wins, and 0.5 means no difference; rliable calls an
-    improvement meaningful when the CI's lower bound clears 0.5. x and y are (runs, tasks)
-    matrices over the same tasks; their run counts may differ.
-    """
-    a, b = _score_matrix(x, "x"), _score_matrix(y, "y")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"x and y must cover the same tasks, got {a.shape[1]} and {b.shape[1]} columns")
-    t = a.shape[1]
-    point = float(np.mean([_pairwise_greater(a[:, j], b[:, j]) for j in range(t)]))
-
-    def stat(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.mean([_pairwise_greater(cols[j], cols[t + j]) for j in range(t)], axis=0)
-
-    low, high = _interval(list(a.T) + list(b.T), stat, point, confidence, n_resamples, seed)
-    return {"poi": point, "ci_low": low, "ci_high": high}
+def min_p(n_a: int, n_b: int | None = None) -> float:
+    """The smallest two-sided p the exact test can return: 2 / C(n_a + n_b, n_a) for two groups,
+    2 / 2^n_a against a fixed reference (n_b None)."""
+    total = 2**n_a if n_b is None else math.comb(n_a + n_b, n_a)
+    return min(1.0, math.exp(math.log(2) - math.log(total)))  # log: the count outgrows a float
 
 
-def performance_profile(
-    scores: Sequence[Sequence[float]] | np.ndarray,
-    thresholds: Sequence[float] | np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
-    """Score distribution: the fraction of run × task scores above each threshold τ (rliable's
-    performance profile), with a stratified-bootstrap percentile band.
+def exact_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 9999, seed: int = 0) -> dict[str, float]:
+    """The exact test that fits the pair: the two-sample permutation test, or the sign-flip test
+    where `b` is a single fixed score (the base model). `min_p` is what the test could reach."""
+    x, y = _as_sample(a, "a"), _as_sample(b, "b")
+    if y.size == 1:
+        return {"p": float(sign_flip_p(x, y[0], n_resamples, seed)), "min_p": min_p(x.size)}
+    return {"p": float(permutation_p(x, y, n_resamples, seed)), "min_p": min_p(x.size, y.size)}
 
-    A profile shows the whole distribution, so a recipe that is excellent on one category and
-    broken on another is not averaged into a mediocre number; one curve above another everywhere
-    is stochastic dominance.
-    """
-    m = _score_matrix(scores, "scores")
-    taus = np.asarray(thresholds, dtype=float)
 
-    def stat(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
-        x = np.concatenate(cols, axis=axis)
-        # scipy expects the resample axis last in a vector-valued statistic's output.
-        return np.moveaxis((x[..., None] > taus).mean(axis=-2), -1, 0)
-
-    point = stat(*m.T)
-    low, high = _interval(list(m.T), stat, point, confidence, n_resamples, seed)
-    return {"fraction": point, "ci_low": low, "ci_high": high}
+# --------------------------------------------------------------------------- effect sizes and power
 
 
 def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Standardised mean difference of `a` over `b` with Hedges' small-sample correction.
 
     Cohen's d overstates effects by ~25% at 3 + 3 seeds; Hedges' factor J = 1 − 3/(4(n_a+n_b)−9)
-    removes that bias. None where it is undefined: fewer than 2 runs on a side (no variance), or
-    both samples constant (a pooled sd of 0 would make any difference infinitely large).
+    removes that bias. None where it is undefined: fewer than 2 runs on a side, or a degenerate
+    side (its seeds all equal: the pooled sd is then the other group's alone and g reads as huge).
     """
     x, y = _as_sample(a, "a"), _as_sample(b, "b")
-    if x.size < 2 or y.size < 2:
+    if x.size < 2 or y.size < 2 or _is_constant(x) or _is_constant(y):
         return None
     pooled = math.sqrt(((x.size - 1) * np.var(x, ddof=1) + (y.size - 1) * np.var(y, ddof=1)) / (x.size + y.size - 2))
-    if pooled <= _CONSTANT_RTOL * max(1.0, float(np.max(np.abs(np.concatenate([x, y]))))):
-        return None
     j = 1.0 - 3.0 / (4.0 * (x.size + y.size) - 9.0)
     return float(j * (np.mean(x) - np.mean(y)) / pooled)
 
 
-def _finite_or_none(p: float) -> float | None:
-    return float(p) if math.isfinite(p) else None
+MAX_SEEDS = 1000
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
-    """Two-sided Welch t-test and Mann–Whitney U test of `a` against `b`, over seeds.
+def _seed_var(x: np.ndarray, tasks: int) -> float:
+    """One seed's variance: the sample variance, or the binomial p(1 − p)/T where the seeds tie."""
+    _, var, _ = _dispersion(x, tasks)
+    return float(var)
 
-    Both, because with 3 seeds neither is trustworthy alone: Welch assumes normal per-seed means
-    (plausible, unverifiable), Mann–Whitney assumes little but, for 3 vs 3, cannot go below p = 0.1
-    without ties.
-    A p-value is None where the test is undefined, so tables say "n/a" rather than a number that
-    means nothing: Welch needs n >= 2 per sample, and when both samples are constant its
-    Welch–Satterthwaite degrees of freedom are 0/0 — scipy then returns NaN for equal means but
-    p = 0.0 for different ones, claiming infinite evidence from a handful of seeds.
+
+def seeds_needed(
+    a: Sequence[float],
+    b: Sequence[float],
+    tasks_a: int,
+    tasks_b: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int | None:
+    """Seeds per group for `power` to detect the observed difference at two-sided level `alpha`,
+    taking the observed difference and spreads as the truth (a planning number, not evidence).
+
+    Power is the Welch t-test's (noncentral t), which the exact permutation test approaches,
+    and n is at least what the permutation test needs to reach `alpha` at all. Against a single
+    fixed score (`b` of one seed) it is the one-sample version. None: no difference to detect,
+    or more than MAX_SEEDS.
     """
     x, y = _as_sample(a, "a"), _as_sample(b, "b")
-    welch_defined = x.size >= 2 and y.size >= 2 and not (_is_constant(x) and _is_constant(y))
-    with warnings.catch_warnings():
-        # scipy warns about "catastrophic cancellation" whenever one sample is constant; the result
-        # is still right (the other sample carries the variance), so the warning is only noise.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        welch = sps.ttest_ind(x, y, equal_var=False).pvalue if welch_defined else math.nan
-        mwu = sps.mannwhitneyu(x, y, alternative="two-sided").pvalue
-    return {
-        "diff": float(np.mean(x) - np.mean(y)),
-        "welch_p": _finite_or_none(float(welch)),
-        "mwu_p": _finite_or_none(float(mwu)),
-    }
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+    diff = abs(float(np.mean(x) - np.mean(y)))
+    if diff <= _CONSTANT_RTOL:
+        return None
+    one_sample = y.size == 1
+    va = _seed_var(x, tasks_a) if x.size > 1 else float(np.mean(x) * (1 - np.mean(x)) / tasks_a)
+    vb = 0.0 if one_sample else _seed_var(y, tasks_b)
+    for n in range(2, MAX_SEEDS + 1):
+        if (min_p(n) if one_sample else min_p(n, n)) > alpha:
+            continue
+        se = math.sqrt((va + vb) / n)
+        if se == 0.0:
+            return n
+        df = n - 1 if one_sample else float(_welch_df(np.array(va), n, np.array(vb), n))
+        crit = sps.t.ppf(1 - alpha / 2, df)
+        nc = diff / se
+        achieved = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
+        if achieved >= power:
+            return n
+    return None
+
+
+# --------------------------------------------------------------------------- multiple testing
 
 
 def _defined(pvalues: Sequence[float | None]) -> tuple[list[int], np.ndarray]:
@@ -320,17 +392,34 @@ def adjust(pvalues: Sequence[float | None], method: str) -> list[float | None]:
     raise ValueError(f"unknown correction '{method}' (choose from {', '.join(CORRECTIONS)})")
 
 
+def level(alpha: float, correction: str, family: int) -> float:
+    """The level one comparison must reach to count under the correction, when it stands alone
+    in a family of `family`: alpha / family for the three corrections (their first step), alpha
+    uncorrected. Seeds-needed numbers are computed at this level."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction '{correction}' (choose from {', '.join(CORRECTIONS)})")
+    return alpha if correction == "none" else alpha / max(1, family)
+
+
 __all__ = [
     "CORRECTIONS",
+    "EXACT_LIMIT",
+    "INTERVAL_METHOD",
+    "MAX_SEEDS",
     "adjust",
     "benjamini_hochberg",
     "bonferroni",
-    "compare",
+    "clustered_wilson",
+    "degenerate",
+    "difference",
+    "difference_interval",
+    "exact_test",
     "hedges_g",
     "holm",
-    "iqm",
-    "iqm_interval",
-    "performance_profile",
-    "probability_of_improvement",
+    "level",
+    "min_p",
+    "permutation_p",
+    "seeds_needed",
+    "sign_flip_p",
     "summarize",
 ]

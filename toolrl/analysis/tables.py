@@ -1,11 +1,12 @@
 """The sweep's tables, from the summary that `report.aggregate` builds: Markdown for reading,
 CSV (long format, one row per group × split × column) for pandas, LaTeX (booktabs, best per column in
-bold, CI as ±) for the paper.
+bold, the interval in brackets) for the paper.
 
-* `main`: every group × split, mean over seeds with a bootstrap CI, the restoration probe, the
-  collapse rate, the tests against the baseline and, for a sweep that names one, the paper's numbers.
-* `effects`: how each group differs from the baseline — difference, Hedges' g, probability of
-  improvement — and the IQM, the robust aggregates rliable recommends for few runs.
+* `main`: every group × split, mean over seeds with its interval, the restoration probe, the
+  collapse rate, the exact tests against the baseline and the base model and, for a sweep that
+  names one, the paper's numbers.
+* `effects`: how each group differs from the baseline and from the base model — the difference
+  with its interval, Hedges' g, the exact test and the seeds a conclusive test would need.
 * `schemes`: the scheme comparison, one column per training scheme.
 * `lr`: the learning-rate analysis, one column per RL learning rate, with the collapse rate.
 * `categories`: per task category (BFCL's base/miss_param/…), as the paper reports BFCL.
@@ -20,13 +21,16 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from toolrl.analysis import stats
 from toolrl.config import format_lr
 from toolrl.paper import PAPER_SPLIT
 
 BASE = "base"
 MIN_SEEDS = 3
-TESTS = ("welch", "mwu")
-_TEST_NAMES = {"welch": "Welch", "mwu": "MWU"}
+# What every group is compared with, in column order: the configured baseline recipe, and the
+# warm-up model every cell starts from.
+REFERENCES = ("baseline", "base")
+DAGGER = "†"
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -74,7 +78,7 @@ def _diagnostics_caption(summary: dict[str, Any], code: str = "`") -> str:
     if summary["restored_splits"]:
         text += (
             f" {code}<split> restored{code}: the same greedy evaluation with the collapsed control-token "
-            f"patterns forbidden by a logit mask (the restoration probe), mean over seeds with the same CI."
+            f"patterns forbidden by a logit mask (the restoration probe), mean over seeds with the same interval."
         )
     return text
 
@@ -82,8 +86,52 @@ def _diagnostics_caption(summary: dict[str, Any], code: str = "`") -> str:
 def _stat_cell(st: dict[str, Any] | None, n: int) -> str:
     if st is None:
         return "—"
-    ci = "" if n == 1 else f" [{_pct(st['ci_low'])}, {_pct(st['ci_high'])}]"
-    return _pct(st["mean"]) + ci
+    if n == 1:
+        return _pct(st["mean"])
+    mark = DAGGER if st.get("constant") else ""
+    return f"{_pct(st['mean'])} [{_pct(st['ci_low'])}, {_pct(st['ci_high'])}]{mark}"
+
+
+def _tasks_words(summary: dict[str, Any]) -> str:
+    """'id 64, format_ood 64, …': the tasks T per run on each split (a range if groups differ)."""
+    parts = []
+    for s in summary["splits"]:
+        ts = sorted({g["tasks"][s] for g in summary["groups"]})
+        parts.append(f"{s} {ts[0]}" if len(ts) == 1 else f"{s} {ts[0]}–{ts[-1]}")
+    return ", ".join(parts)
+
+
+def interval_caption(summary: dict[str, Any]) -> str:
+    """What the brackets hold, with n and T: the one sentence every table that prints them shares."""
+    return (
+        f"In brackets: the {100 * summary['confidence']:g}% {summary['interval']} interval over the group's "
+        f"n seeds (the Wilson score interval over all n × T task outcomes, with Kish's effective sample size "
+        f"from the spread of the seeds' rates and Student's t with n − 1 degrees of freedom; its simulated "
+        f"coverage is in docs/statistics.md). T, tasks per run: {_tasks_words(summary)}. {DAGGER}: every seed "
+        f"scored the same, so the interval assumes no seed effect."
+    )
+
+
+def _common_n(summary: dict[str, Any]) -> int:
+    ns = [g["n"] for g in summary["groups"] if g["name"] != BASE]
+    return max(set(ns), key=ns.count) if ns else 1
+
+
+def tests_caption(summary: dict[str, Any]) -> str:
+    """Which exact tests the p-values come from, and the smallest p each can give at this sweep's n."""
+    n = _common_n(summary)
+    text = (
+        f"p-values are two-sided exact permutation tests over seeds, "
+        f"{_correction_words(summary['correction'])} per split and reference across the compared groups: "
+        f"against the baseline `{summary['baseline']}`, every split of the two groups' seeds (at {n} vs {n} "
+        f"seeds no p can be below {stats.min_p(n, n):.3g})"
+    )
+    if "base" in summary["references"]:
+        text += (
+            f"; against `{BASE}` (one fixed model), every sign flip of the seeds' differences from its score "
+            f"(at {n} seeds no p can be below {stats.min_p(n):.3g})"
+        )
+    return text + "."
 
 
 def _paper_caption(summary: dict[str, Any], code: str = "`") -> str:
@@ -100,26 +148,33 @@ def _paper_cell(g: dict[str, Any]) -> str:
     return "—" if not g.get("paper") else f"{g['paper']['score']:.2f}"
 
 
+def _comparison(g: dict[str, Any], ref: str, split: str) -> dict[str, Any] | None:
+    return (g["comparison"].get(ref) or {}).get(split)
+
+
+def _ref_label(summary: dict[str, Any], ref: str) -> str:
+    return "baseline" if ref == "baseline" else BASE
+
+
 def main_markdown(summary: dict[str, Any]) -> str:
     splits, groups, restored = summary["splits"], summary["groups"], summary["restored_splits"]
-    n_compared = sum(g["comparison"] is not None for g in groups)
     caption = (
-        f"Task success (%) per split: the mean over seeds of each run's success rate, with a "
-        f"{100 * summary['confidence']:g}% percentile-bootstrap CI over seeds "
-        f"({summary['n_resamples']} resamples) in brackets. p-values are two-sided Welch t-tests and "
-        f"Mann–Whitney U tests of each group against the baseline `{summary['baseline']}` over seeds, "
-        f"{_correction_words(summary['correction'])} per split and per test across the {n_compared} "
-        f"compared groups (effect sizes, probability of improvement and IQM: `effects.md`). `{BASE}` is the "
-        f"warm-up (SFT) model every cell starts from, before any RL (one evaluation, no CI)."
+        "Task success (%) per split: the mean over seeds of each run's success rate. "
+        + interval_caption(summary)
+        + " "
+        + tests_caption(summary)
+        + f" Effect sizes, intervals of the differences and the seeds a conclusive test needs: `effects.md`. "
+        f"`{BASE}` is the warm-up (SFT) model every cell starts from, before any RL (one evaluation, no interval)."
         + _diagnostics_caption(summary)
         + _paper_caption(summary)
     )
+    refs = summary["references"]
     header = (
         ["group", "n"]
         + list(splits)
         + [f"{s} restored" for s in restored]
         + ["collapsed"]
-        + [f"{s} {_TEST_NAMES[t]}" for s in splits for t in TESTS]
+        + [f"{s} p vs {_ref_label(summary, r)}" for r in refs for s in splits]
         + (["paper"] if summary.get("paper") else [])
     )
     rows = []
@@ -128,9 +183,10 @@ def main_markdown(summary: dict[str, Any]) -> str:
         cells += [_stat_cell(g["splits"][s], g["n"]) for s in splits]
         cells += [_stat_cell(g["restored"].get(s), g["n"]) for s in restored]
         cells.append(_collapse_rate(g))
-        for s in splits:
-            for t in TESTS:
-                cells.append("—" if g["comparison"] is None else _fmt_p(g["comparison"][s][f"{t}_p_adj"]))
+        for r in refs:
+            for s in splits:
+                c = _comparison(g, r, s)
+                cells.append("—" if c is None else _fmt_p(c["p_adj"]))
         if summary.get("paper"):
             cells.append(_paper_cell(g))
         rows.append(cells)
@@ -138,19 +194,32 @@ def main_markdown(summary: dict[str, Any]) -> str:
     few = few_seed_groups(summary)
     if few:
         names = ", ".join(f"`{g['name']}` (n={g['n']})" for g in few)
-        lines += [f"**Warning:** fewer than {MIN_SEEDS} seeds, so CIs and p-values are unreliable: {names}.", ""]
+        lines += [f"**Warning:** fewer than {MIN_SEEDS} seeds, so intervals and p-values are unreliable: {names}.", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-_STAT_KEYS = ("mean", "std", "ci_low", "ci_high")
+_STAT_KEYS = ("mean", "std", "ci_low", "ci_high", "constant")
+_COMPARISON_KEYS = (
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_adj",
+    "min_p",
+    "hedges_g",
+    "group_degenerate",
+    "reference_degenerate",
+    "seeds_needed",
+)
 
 
 def main_csv(summary: dict[str, Any]) -> str:
     """Long format, one row per group and split. The restored statistics sit on their split's row
-    (empty where the split was not probed); the collapse count is per group, repeated on each row."""
+    (empty where the split was not probed); the collapse count is per group, repeated on each row;
+    `<reference>_<key>` holds the comparison with the baseline and with the base model."""
     columns = [
         "group",
         "signal",
@@ -158,19 +227,9 @@ def main_csv(summary: dict[str, Any]) -> str:
         "lr",
         "split",
         "n",
+        "tasks",
         *_STAT_KEYS,
-        "iqm",
-        "iqm_ci_low",
-        "iqm_ci_high",
-        "diff",
-        "hedges_g",
-        "poi",
-        "poi_ci_low",
-        "poi_ci_high",
-        "welch_p",
-        "mwu_p",
-        "welch_p_adj",
-        "mwu_p_adj",
+        *(f"{r}_{k}" for r in REFERENCES for k in _COMPARISON_KEYS),
         *(f"restored_{k}" for k in _STAT_KEYS),
         "collapsed",
         "collapse_rate",
@@ -183,7 +242,6 @@ def main_csv(summary: dict[str, Any]) -> str:
         c = g["collapse"]
         for s in summary["splits"]:
             st = g["splits"][s]
-            comp = (g["comparison"] or {}).get(s, {})
             rst = g["restored"].get(s, {})
             row = {
                 "group": g["name"],
@@ -192,22 +250,9 @@ def main_csv(summary: dict[str, Any]) -> str:
                 "lr": g["lr"],
                 "split": s,
                 "n": g["n"],
+                "tasks": g["tasks"][s],
                 **{k: st[k] for k in _STAT_KEYS},
-                **{k: st[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high")},
-                **{
-                    k: comp.get(k)
-                    for k in (
-                        "diff",
-                        "hedges_g",
-                        "poi",
-                        "poi_ci_low",
-                        "poi_ci_high",
-                        "welch_p",
-                        "mwu_p",
-                        "welch_p_adj",
-                        "mwu_p_adj",
-                    )
-                },
+                **{f"{r}_{k}": (_comparison(g, r, s) or {}).get(k) for r in REFERENCES for k in _COMPARISON_KEYS},
                 **{f"restored_{k}": rst.get(k) for k in _STAT_KEYS},
                 "collapsed": c["collapsed"] if c and c["runs"] else None,
                 "collapse_rate": _collapse_rate(g) if c and c["runs"] else None,
@@ -235,22 +280,33 @@ def _tex_escape(text: str) -> str:
     return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
 
 
+def _tex_caption(text: str) -> str:
+    """Caption prose (Markdown conventions) as LaTeX: escaped, with the dagger and the < > of
+    `<split>` set as symbols."""
+    return (
+        _tex_escape(text.replace("`", ""))
+        .replace(DAGGER, r"$^\dagger$")
+        .replace("<", r"\textless{}")
+        .replace(">", r"\textgreater{}")
+    )
+
+
 def _tex_stat(st: dict[str, Any] | None, n: int, best: float | None) -> str:
+    """mean {\\scriptsize [low, high]}: the interval is asymmetric near 0 and 100, so no ±."""
     if st is None:
         return "--"
     value = _pct(st["mean"])
     if round(100 * st["mean"], 1) == best:
         value = rf"\textbf{{{value}}}"
     if n > 1:
-        value += rf" $\pm$ {_pct((st['ci_high'] - st['ci_low']) / 2)}"
+        mark = r"$^\dagger$" if st.get("constant") else ""
+        value += rf" {{\scriptsize [{_pct(st['ci_low'])}, {_pct(st['ci_high'])}]}}{mark}"
     return value
 
 
 def main_latex(summary: dict[str, Any]) -> str:
-    """A booktabs table for the paper: mean ± CI half-width, the best mean per column in bold.
-
-    ± half-width is the conventional compact form; the exact (asymmetric) bounds are in the CSV.
-    """
+    """A booktabs table for the paper: mean and interval, the best mean per column in bold; the
+    caption names the interval, n and T."""
     splits, groups, restored = summary["splits"], summary["groups"], summary["restored_splits"]
     paper = bool(summary.get("paper"))
     columns = [(s, "splits") for s in splits] + [(s, "restored") for s in restored]
@@ -280,13 +336,12 @@ def main_latex(summary: dict[str, Any]) -> str:
         if paper:
             cells.append(_paper_cell(g).replace("—", "--"))
         lines.append(" & ".join(cells) + r" \\")
-    caption = (
-        f"Task success (\\%), mean over seeds $\\pm$ half-width of the {100 * summary['confidence']:g}\\% "
-        f"percentile-bootstrap CI; best per column in bold. Baseline: {_tex_escape(summary['baseline'])}."
-        + _tex_escape(_diagnostics_caption(summary, code="") + _paper_caption(summary, code=""))
-        .replace("<", r"\textless{}")
-        .replace(">", r"\textgreater{}")
-    )
+    caption = _tex_caption(
+        f"Task success (%), mean over $n$ seeds; best per column in bold. Baseline: {summary['baseline']}. "
+        + interval_caption(summary)
+        + _diagnostics_caption(summary, code="")
+        + _paper_caption(summary, code="")
+    ).replace(r"\$n\$", "$n$")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:main}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -295,7 +350,7 @@ def category_markdown(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> 
     lines = [
         (
             "Task success (%) per task category: the mean over seeds, with the range over seeds in "
-            "brackets; `average` is the mean over categories."
+            "brackets (the lowest and highest seed, not an interval); `average` is the mean over categories."
         ),
         "",
     ]
@@ -329,25 +384,68 @@ def category_csv(rows: Sequence[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- effects
 
 
-def _ci_text(lo: float, hi: float) -> str:
-    return f" [{_pct(lo)}, {_pct(hi)}]"
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _diff_cell(c: dict[str, Any]) -> str:
+    if c["ci_low"] is None:
+        return _pts(c["diff"])
+    return f"{_pts(c['diff'])} [{_pts(c['ci_low'])}, {_pts(c['ci_high'])}]"
+
+
+def _g_cell(c: dict[str, Any]) -> str:
+    if c["reference_degenerate"]:
+        return f"n/a (baseline {c['reference_degenerate']})"
+    if c["group_degenerate"]:
+        return f"n/a ({c['group_degenerate']})"
+    return "n/a" if c["hedges_g"] is None else f"{c['hedges_g']:+.2f}"
+
+
+def _seeds_cell(c: dict[str, Any]) -> str:
+    if abs(c["diff"]) <= 1e-12:
+        return "—"
+    return f">{stats.MAX_SEEDS}" if c["seeds_needed"] is None else str(c["seeds_needed"])
+
+
+def underpowered(summary: dict[str, Any]) -> list[str]:
+    """One line per group and reference whose difference is not significant and would need more
+    seeds than the group has: the comparisons a reader must not read as 'no effect'."""
+    lines = []
+    for g in summary["groups"]:
+        for r in summary["references"]:
+            short = []
+            for s in summary["splits"]:
+                c = _comparison(g, r, s)
+                if c is None or abs(c["diff"]) <= 1e-12 or (c["p_adj"] is not None and c["p_adj"] <= summary["alpha"]):
+                    continue
+                if c["seeds_needed"] is None or c["seeds_needed"] > g["n"]:
+                    short.append(f"{s} {_seeds_cell(c)}")
+            if short:
+                lines.append(f"`{g['name']}` (n={g['n']}) vs {_ref_label(summary, r)}: " + ", ".join(short))
+    return lines
 
 
 def effects_markdown(summary: dict[str, Any]) -> str:
-    """The comparison with the baseline, in the measures rliable recommends for few runs, beside
-    the p-values: with 3 seeds a p-value says little, an effect size and P(improvement) with an
-    honest interval say how large and how reliable a difference is."""
+    """Each group against the baseline and the base model: how large the difference is and how sure
+    (its interval), whether the exact test can tell, and how many seeds it would take."""
+    refs = summary["references"]
+    n = _common_n(summary)
     lines = [
         (
-            f"Each group against the baseline `{summary['baseline']}`, per split. `mean`: over seeds, "
-            f"{100 * summary['confidence']:g}% percentile-bootstrap CI. `IQM`: the interquartile mean of the "
-            f"seed × task-category success rates, with a stratified-bootstrap CI (seeds resampled within each "
-            f"category; the seed is the unit of replication, tasks are averaged within a category first). "
-            f"`Δ`: difference of means (points). `g`: Hedges' g, the small-sample-corrected standardised "
-            f"difference (n/a without variance). `P(>baseline)`: the probability that a run of the group "
-            f"beats a run of the baseline on a category (ties count half), averaged over categories, with a "
-            f"stratified-bootstrap CI; 50 is no difference, and rliable calls an improvement meaningful when "
-            f"the lower bound clears 50. Welch and MWU p-values are {_correction_words(summary['correction'])}."
+            f"Each group against the baseline `{summary['baseline']}`"
+            + (f" and against `{BASE}`, the model every cell starts from" if "base" in refs else "")
+            + f", per split. `mean`: success (%) over seeds. {interval_caption(summary)} "
+            f"`Δ`: difference of means in points, with its {100 * summary['confidence']:g}% interval (MOVER: the two "
+            f"groups' intervals at the Welch–Satterthwaite t quantile, combined; against `{BASE}`, whose score is one "
+            f"fixed number, the group's own interval shifted). `g`: Hedges' g, the small-sample-corrected "
+            f"standardised difference; not given where one side's seeds all scored the same, since it then "
+            f"divides by the other group's spread alone and reads as huge. `p`: the exact permutation test, "
+            f"{_correction_words(summary['correction'])} (see `main.md`; at {n} vs {n} seeds no p is below "
+            f"{stats.min_p(n, n):.3g}). `seeds`: seeds per group for {100 * summary['power']:g}% power to detect "
+            f"the observed difference with the observed spread at level {summary['alpha']:g} divided by the number "
+            f"of compared groups (what the correction asks of a comparison that stands alone), taking both as the "
+            f"truth: a planning number, not evidence."
         ),
         "",
     ]
@@ -357,29 +455,47 @@ def effects_markdown(summary: dict[str, Any]) -> str:
             f"**Warning:** fewer than {MIN_SEEDS} seeds: " + ", ".join(f"`{g['name']}` (n={g['n']})" for g in few),
             "",
         ]
-    ref_n = next(g["n"] for g in summary["groups"] if g["name"] == summary["baseline"])
-    for s in summary["splits"]:
+    degenerate = sorted(
+        {
+            (_ref_label(summary, r), summary["baseline"] if r == "baseline" else BASE, s, c["reference_degenerate"])
+            for g in summary["groups"]
+            for r in refs
+            for s in summary["splits"]
+            if (c := _comparison(g, r, s)) is not None and c["reference_degenerate"]
+        }
+    )
+    if degenerate:
         lines += [
-            f"**{s}**",
+            "**Degenerate reference:** "
+            + "; ".join(f"the {label} `{name}` on {s} ({what})" for label, name, s, what in degenerate)
+            + ". A difference from it is still measured and tested, but a standardised effect is not.",
             "",
-            "| group | n | mean | IQM | Δ | g | P(>baseline) | Welch | MWU |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+    short = underpowered(summary)
+    if short:
+        lines += [
+            "**Underpowered** (not significant, and the seeds a conclusive test would need exceed the seeds run; "
+            "absence of evidence, not evidence of absence): " + "; ".join(short) + ".",
+            "",
+        ]
+    head = ["group", "n", "mean"]
+    for r in refs:
+        label = _ref_label(summary, r)
+        head += [f"Δ {label}"] + (["g"] if r == "baseline" else []) + [f"p {label}", f"seeds {label}"]
+    for s in summary["splits"]:
+        lines += [f"**{s}**", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for g in summary["groups"]:
-            st, c = g["splits"][s], (g["comparison"] or {}).get(s)
-            cells = [
-                g["name"],
-                str(g["n"]),
-                _stat_cell(st, g["n"]),
-                _pct(st["iqm"]) + ("" if g["n"] == 1 else _ci_text(st["iqm_ci_low"], st["iqm_ci_high"])),
-            ]
-            if c is None:
-                cells += ["—"] * 5
-            else:
-                g_eff = "n/a" if c["hedges_g"] is None else f"{c['hedges_g']:+.2f}"
-                both = g["n"] > 1 and ref_n > 1
-                poi = _pct(c["poi"]) + (_ci_text(c["poi_ci_low"], c["poi_ci_high"]) if both else "")
-                cells += [f"{100 * c['diff']:+.1f}", g_eff, poi, _fmt_p(c["welch_p_adj"]), _fmt_p(c["mwu_p_adj"])]
+            cells = [g["name"], str(g["n"]), _stat_cell(g["splits"][s], g["n"])]
+            for r in refs:
+                c = _comparison(g, r, s)
+                width = 4 if r == "baseline" else 3
+                if c is None:
+                    cells += ["—"] * width
+                    continue
+                cells.append(_diff_cell(c))
+                if r == "baseline":
+                    cells.append(_g_cell(c))
+                cells += [_fmt_p(c["p_adj"]), _seeds_cell(c)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -432,8 +548,7 @@ def pivot_markdown(summary: dict[str, Any], name: str) -> str:
     field, keys = PIVOTS[name]
     values, rows = _pivot(summary, name)
     lines = [
-        _PIVOT_CAPTIONS[name] + f" Mean over seeds with a {100 * summary['confidence']:g}% percentile-bootstrap "
-        "CI in brackets; `—`: not in the sweep.",
+        _PIVOT_CAPTIONS[name] + " Mean over seeds. " + interval_caption(summary) + " `—`: not in the sweep.",
         "",
     ]
     if (base := _base_line(summary)) is not None:
@@ -455,7 +570,7 @@ def pivot_markdown(summary: dict[str, Any], name: str) -> str:
 
 
 def pivot_csv(summary: dict[str, Any], name: str) -> str:
-    """Wide, like the table: one row per row label, `<split> <value>` columns with their CI bounds."""
+    """Wide, like the table: one row per row label, `<split> <value>` columns with their interval bounds."""
     field, keys = PIVOTS[name]
     values, rows = _pivot(summary, name)
     columns = list(keys)
@@ -489,8 +604,8 @@ def pivot_csv(summary: dict[str, Any], name: str) -> str:
 
 
 def pivot_latex(summary: dict[str, Any], name: str) -> str:
-    """booktabs: a column group per split, a column per scheme (or learning rate) under it; mean ±
-    CI half-width, the best mean per column in bold."""
+    """booktabs: a column group per split, a column per scheme (or learning rate) under it; mean and
+    interval, the best mean per column in bold."""
     field, keys = PIVOTS[name]
     values, rows = _pivot(summary, name)
     splits = summary["splits"]
@@ -521,10 +636,10 @@ def pivot_latex(summary: dict[str, Any], name: str) -> str:
             _tex_stat(by[v]["splits"][s], by[v]["n"], best[(s, v)]) if v in by else "--" for s in splits for v in values
         ]
         lines.append(" & ".join(cells) + r" \\")
-    caption = _tex_escape(
-        _PIVOT_CAPTIONS[name].split(":")[0] + f": task success (%), mean over seeds $\\pm$ half-width "
-        f"of the {100 * summary['confidence']:g}% percentile-bootstrap CI; best per column in bold."
+    caption = _tex_caption(
+        _PIVOT_CAPTIONS[name].split(":")[0]
+        + ": task success (%), mean over seeds; best per column in bold. "
+        + interval_caption(summary)
     )
-    caption = caption.replace(r"\$\textbackslash{}pm\$", r"$\pm$")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{name}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"

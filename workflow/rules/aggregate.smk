@@ -1,7 +1,7 @@
 rule aggregate:
-    """Mean ± bootstrap CI over seeds per cell and split (and the restoration probe), IQM and probability
-    of improvement with stratified-bootstrap CIs, tests and effect sizes against the baseline, the
-    collapse detector over each run's train log; the paper's tables (main, schemes, learning rates,
+    """Mean and seed-clustered Wilson interval per cell and split (and the restoration probe); the
+    difference from the baseline and the base model with its interval, exact permutation tests,
+    effect sizes and seeds needed; the collapse detector over each run's train log; the paper's tables (main, schemes, learning rates,
     categories) and figures (PNG and PDF); every evaluation's numbers go to its run in MLflow."""
     input:
         # Every cell's evaluations, train log and run record, unnamed on purpose: Snakemake (9.27)
