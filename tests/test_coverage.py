@@ -72,3 +72,11 @@ def test_table_prints_a_row_per_setting():
     rows = [line for line in text.splitlines() if line.startswith("| 64 |")]
     assert len(rows) == 4  # two settings, two tables
     assert all(len(r.split("|")) == 7 for r in rows)
+
+
+def test_cli_prints_the_table(capsys):
+    from toolrl.cli import main
+
+    assert main(["coverage", "--seeds", "3", "--tasks", "64", "--experiments", "100"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "| tasks | success | seed sd (logit) | 3 seeds |" in out and out.count("| 64 |") == 42

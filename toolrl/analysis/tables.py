@@ -101,14 +101,25 @@ def _tasks_words(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _seeds_words(summary: dict[str, Any]) -> str:
+    """'n = 3' or 'n = 2 to 5, per group in main.md': the seeds of the trained groups."""
+    ns = sorted({g["n"] for g in summary["groups"] if g["name"] != BASE})
+    if not ns:
+        return "n = 1"
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}, per group in main.md"
+
+
 def interval_caption(summary: dict[str, Any]) -> str:
     """What the brackets hold, with n and T: the one sentence every table that prints them shares."""
+    method = (
+        "the Wilson score interval over all n × T task outcomes, with Kish's effective sample size from the "
+        "spread of the seeds' rates and Student's t with n − 1 degrees of freedom; its simulated coverage is "
+        "in docs/statistics.md"
+    )
     return (
-        f"In brackets: the {100 * summary['confidence']:g}% {summary['interval']} interval over the group's "
-        f"n seeds (the Wilson score interval over all n × T task outcomes, with Kish's effective sample size "
-        f"from the spread of the seeds' rates and Student's t with n − 1 degrees of freedom; its simulated "
-        f"coverage is in docs/statistics.md). T, tasks per run: {_tasks_words(summary)}. {DAGGER}: every seed "
-        f"scored the same, so the interval assumes no seed effect."
+        f"In brackets: the {100 * summary['confidence']:g}% {summary['interval']} interval over the group's n "
+        f"seeds ({_seeds_words(summary)}; {method}). T, tasks per run: {_tasks_words(summary)}. "
+        f"{DAGGER}: every seed scored the same, so the interval assumes no seed effect."
     )
 
 
