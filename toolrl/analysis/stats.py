@@ -206,42 +206,39 @@ def _round(x: np.ndarray) -> np.ndarray:
     return np.round(x, 12)
 
 
+def _exact(
+    data: tuple[np.ndarray, ...], statistic: Any, kind: str, count: int, n_resamples: int, seed: int
+) -> np.ndarray:
+    """scipy's two-sided permutation test over all `count` relabellings when there are at most
+    EXACT_LIMIT of them (scipy enumerates when asked for as many), else `n_resamples` random ones."""
+    res = sps.permutation_test(
+        tuple(_round(x) for x in data),
+        statistic,
+        permutation_type=kind,
+        vectorized=True,
+        n_resamples=count if count <= EXACT_LIMIT else n_resamples,
+        alternative="two-sided",
+        axis=-1,
+        rng=np.random.default_rng(seed),
+    )
+    return np.minimum(res.pvalue, 1.0)
+
+
 def permutation_p(a: ArrayLike, b: ArrayLike, n_resamples: int = 9999, seed: int = 0) -> np.ndarray:
     """Two-sided p of the exact permutation test of equal means: every split of the pooled seeds
     into groups of the two sizes (up to EXACT_LIMIT of them; Monte Carlo beyond). Valid at any n
     under exchangeability; with 3 vs 3 seeds it cannot go below 0.1 (2 of 20 splits)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     splits = math.comb(x.shape[-1] + y.shape[-1], x.shape[-1])
-    res = sps.permutation_test(
-        (_round(x), _round(y)),
-        _mean_diff,
-        permutation_type="independent",
-        vectorized=True,
-        n_resamples=splits if splits <= EXACT_LIMIT else n_resamples,
-        alternative="two-sided",
-        axis=-1,
-        rng=np.random.default_rng(seed),
-    )
-    return np.minimum(res.pvalue, 1.0)
+    return _exact((x, y), _mean_diff, "independent", splits, n_resamples, seed)
 
 
 def sign_flip_p(a: ArrayLike, reference: ArrayLike, n_resamples: int = 9999, seed: int = 0) -> np.ndarray:
     """Two-sided p of the exact one-sample permutation test that the seeds' rates are symmetric
     about a fixed `reference` (the base model's score): every flip of the signs of their
     differences from it. With 3 seeds it cannot go below 0.25 (2 of 8 flips)."""
-    d = _round(np.asarray(a, dtype=float) - np.asarray(reference, dtype=float)[..., None])
-    flips = 2 ** d.shape[-1]
-    res = sps.permutation_test(
-        (d,),
-        _mean,
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=flips if flips <= EXACT_LIMIT else n_resamples,
-        alternative="two-sided",
-        axis=-1,
-        rng=np.random.default_rng(seed),
-    )
-    return np.minimum(res.pvalue, 1.0)
+    d = np.asarray(a, dtype=float) - np.asarray(reference, dtype=float)[..., None]
+    return _exact((d,), _mean, "samples", 2 ** d.shape[-1], n_resamples, seed)
 
 
 def min_p(n_a: int, n_b: int | None = None) -> float:
