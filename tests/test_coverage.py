@@ -20,6 +20,15 @@ def test_group_interval_covers_the_true_mean(setting):
     assert 0.93 <= coverage.mean_coverage(setting, experiments=2000) <= 0.97
 
 
+@pytest.mark.parametrize("seeds", [3, 5, 10])
+@pytest.mark.parametrize("m", [0.1, 0.5, 0.7])
+def test_group_interval_covers_with_task_categories(seeds, m):
+    """Three categories of unequal difficulty sharing each seed's effect (BFCL's and the synthetic
+    world's splits mix categories): the seed's rate is no longer one binomial, the check holds."""
+    s = Setting(seeds, 192, m, 0.5, (-0.5, 0.0, 0.5))
+    assert 0.93 <= coverage.mean_coverage(s, experiments=2000) <= 0.97
+
+
 # A difference at 3 vs 3 seeds is conservative: 96.5–97.1% with 20,000 experiments, Welch's
 # degrees of freedom being too few when the spreads are alike (docs/statistics.md). The upper
 # bound allows that and no more.
@@ -65,6 +74,11 @@ def test_true_mean_is_the_expectation_over_seeds():
     draws = coverage.simulate(0.2, 1.0, 1, 10_000, 200_000, rng)
     assert coverage.true_mean(0.2, 1.0) == pytest.approx(draws.mean(), abs=0.002)
     assert coverage.true_mean(0.3, 0.0) == pytest.approx(0.3)
+    offsets = (-0.5, 0.0, 0.5)
+    draws = coverage.simulate(0.2, 1.0, 1, 3 * 10_000, 100_000, rng, offsets)
+    assert coverage.true_mean(0.2, 1.0, offsets) == pytest.approx(draws.mean(), abs=0.002)
+    with pytest.raises(ValueError, match="do not split evenly"):
+        coverage.simulate(0.2, 1.0, 1, 64, 10, rng, offsets)
 
 
 def test_table_prints_a_row_per_setting():

@@ -122,6 +122,9 @@ def test_csv_rows_and_values(aggregated):
         (g, s) for g in ("base", "none/rl/lr=1e-4", "sft/rl/lr=1e-4") for s in SPLITS
     }
     for r in rows:
+        if r["group"] == "base":  # one evaluation: no spread, no interval
+            assert r["ci_low"] == r["ci_high"] == r["std"] == ""
+            continue
         low, mean, high = float(r["ci_low"]), float(r["mean"]), float(r["ci_high"])
         assert math.isfinite(low) and math.isfinite(high)
         assert 0.0 <= low <= mean <= high <= 1.0
@@ -545,7 +548,7 @@ def test_category_table_per_split_with_average(sweep):
     assert "| group | a | b | average |" in md and "**content_ood**" in md
 
 
-# --------------------------------------------------------------------------- rliable statistics, paper tables, figures
+# --------------------------------------------------------------------------- categories, effects, paper tables, figures
 
 
 def _with_categories(sweep: Path) -> None:
@@ -577,8 +580,10 @@ def test_effects_table(aggregated):
     main = _table_rows((sweep / "tables" / "main.md").read_text())
     assert sft[1] == "3" and sft[2] == main["sft/rl/lr=1e-4"][2]  # the same mean and interval as main.md
     assert re.fullmatch(r"\+30\.0 \[\+\d+\.\d, \+\d+\.\d\]", sft[3])  # the interval excludes 0
-    assert sft[4] == "+4.80" and sft[5] == "p=0.1" and int(sft[6]) >= 4
-    assert sft[7].startswith("+72.5 [") and sft[8] == "p=0.5" and int(sft[9]) >= 6
+    # 30 points with spreads of 5: power is no constraint at 4 seeds, where 2/70 clears 0.05 / 1.
+    assert sft[4] == "+4.80" and sft[5] == "p=0.1" and sft[6] == "4"
+    # Against base (2 groups, level 0.025): 2/2^7 clears it.
+    assert sft[7].startswith("+72.5 [") and sft[8] == "p=0.5" and sft[9] == "7"
     assert rows["none/rl/lr=1e-4"][3:7] == ["—"] * 4 and rows["none/rl/lr=1e-4"][7].startswith("+42.5 [")
     assert rows["base"][3:] == ["—"] * 7
     fmt = _table_rows(md.split("**format_ood**")[1].split("**content_ood**")[0])
@@ -710,3 +715,25 @@ def test_every_figure_in_png_and_pdf(grid, name):
     sweep, _ = grid
     assert (sweep / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (sweep / "plots" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_single_seed_groups_get_no_test_and_no_interval(tmp_path):
+    """One evaluated seed: the group is listed and warned about, with n/a where a spread is needed;
+    a one-seed baseline is not mistaken for the fixed base model."""
+    rates = dict(RATES)
+    rates[("sft", "sequential")] = {"id": [0.7], "format_ood": [0.4], "content_ood": [0.2]}
+    _write_sweep(tmp_path, rates)
+    summary = aggregate(tmp_path, BASELINE, n_resamples=100)
+    one = {g["name"]: g for g in summary["groups"]}["sft/sequential/lr=1e-4"]
+    assert one["splits"]["id"]["ci_low"] is None
+    for ref in ("baseline", "base"):
+        c = one["comparison"][ref]["id"]
+        assert c["p"] is None and c["p_adj"] is None and c["ci_low"] is None and c["seeds_needed"] is None
+    # The other group's correction counts only the comparisons that have a p.
+    other = {g["name"]: g for g in summary["groups"]}["sft/rl/lr=1e-4"]["comparison"]["baseline"]["id"]
+    assert other["p_adj"] == pytest.approx(other["p"])
+    rows = _table_rows((tmp_path / "tables" / "main.md").read_text())
+    assert rows["sft/sequential/lr=1e-4"][2] == "70.0" and "n/a" in rows["sft/sequential/lr=1e-4"]
+    single_base = aggregate(tmp_path, {"signal": "sft", "scheme": "sequential"}, n_resamples=100)
+    c = {g["name"]: g for g in single_base["groups"]}["sft/rl/lr=1e-4"]["comparison"]["baseline"]["id"]
+    assert c["p"] is None and c["ci_low"] is None

@@ -87,7 +87,7 @@ def test_interval_stays_in_range_and_batches_agree():
 
 def test_one_seed_has_no_interval():
     s = summarize([0.4], 64)
-    assert s == {"mean": 0.4, "std": 0.0, "n": 1, "ci_low": 0.4, "ci_high": 0.4, "constant": False}
+    assert s == {"mean": 0.4, "std": None, "n": 1, "ci_low": None, "ci_high": None, "constant": False}
     with pytest.raises(ValueError, match="at least 2 seeds"):
         clustered_wilson([0.4], 64)
 
@@ -121,9 +121,13 @@ def test_difference_is_antisymmetric_and_shifts_against_a_fixed_score():
     a, b = [0.5, 0.6, 0.7], [0.2, 0.25, 0.4]
     ab, ba = difference_interval(a, b, 64, 64), difference_interval(b, a, 64, 64)
     assert (ab["ci_low"], ab["ci_high"]) == pytest.approx((-ba["ci_high"], -ba["ci_low"]))
-    vs_base, own = difference_interval(a, [0.45], 64, 64), summarize(a, 64)
+    vs_base, own = difference_interval(a, [0.45], 64, 64, fixed_b=True), summarize(a, 64)
     assert (vs_base["ci_low"], vs_base["ci_high"]) == pytest.approx((own["ci_low"] - 0.45, own["ci_high"] - 0.45))
     assert difference_interval([0.3], a, 64, 64)["ci_low"] is None
+    # One seed of a reference that varies is not a fixed score: no interval rather than a narrow one.
+    assert difference_interval(a, [0.45], 64, 64)["ci_low"] is None
+    with pytest.raises(ValueError, match="a fixed reference is one score"):
+        difference_interval(a, a, 64, 64, fixed_b=True)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         difference([0.3], [0.2, 0.4], 64, 64)
 
@@ -137,29 +141,31 @@ def test_difference_of_two_all_zero_groups_is_finite():
 
 
 def _two_sample_by_enumeration(a, b):
+    """Two-sided p as scipy defines it: twice the smaller one-sided tail, over every split."""
     pooled, n = np.array(a + b), len(a)
-    obs = abs(np.mean(a) - np.mean(b))
-    stats = [
-        abs(pooled[list(i)].mean() - np.delete(pooled, list(i)).mean())
-        for i in itertools.combinations(range(len(pooled)), n)
-    ]
-    return np.mean(np.array(stats) >= obs - 1e-12)
+    obs = np.mean(a) - np.mean(b)
+    diffs = np.array(
+        [
+            pooled[list(i)].mean() - np.delete(pooled, list(i)).mean()
+            for i in itertools.combinations(range(len(pooled)), n)
+        ]
+    )
+    return min(1.0, 2 * min(np.mean(diffs >= obs - 1e-12), np.mean(diffs <= obs + 1e-12)))
 
 
 def test_permutation_p_matches_enumeration():
     rng = np.random.default_rng(1)
-    for na, nb in ((3, 3), (4, 3), (5, 5)):
+    for na, nb in ((3, 3), (4, 3), (2, 5), (5, 5)):
         for _ in range(5):
             a, b = list(rng.integers(0, 65, na) / 64), list(rng.integers(0, 65, nb) / 64)
-            # Symmetric splits make the two-sided p the mass at least as extreme in |Δ|.
-            if na == nb:
-                assert float(permutation_p(a, b)) == pytest.approx(_two_sample_by_enumeration(a, b))
+            assert float(permutation_p(a, b)) == pytest.approx(_two_sample_by_enumeration(a, b))
 
 
 def test_permutation_floor_at_three_seeds():
     assert float(permutation_p([0.5, 0.6, 0.7], [0.1, 0.2, 0.3])) == pytest.approx(0.1)
     assert float(permutation_p([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])) == 1.0
     assert min_p(3, 3) == pytest.approx(0.1) and min_p(5, 5) == pytest.approx(2 / 252)
+    assert min_p(6) == 0.03125 and min_p(600, 600) == 0.0
 
 
 def test_sign_flip_matches_enumeration_and_floor():
@@ -171,8 +177,13 @@ def test_sign_flip_matches_enumeration_and_floor():
 
 
 def test_exact_test_dispatches_on_the_reference_size():
-    assert exact_test([0.6, 0.7, 0.8], [0.1]) == {"p": pytest.approx(0.25), "min_p": pytest.approx(0.25)}
+    assert exact_test([0.6, 0.7, 0.8], [0.1], fixed_b=True) == {"p": pytest.approx(0.25), "min_p": 0.25}
     assert exact_test([0.6, 0.7, 0.8], [0.1, 0.2, 0.3]) == {"p": pytest.approx(0.1), "min_p": pytest.approx(0.1)}
+    # A single seed on a side that varies: no test (a 6-vs-1 split cannot go below 2/7, and a
+    # sign-flip test would treat that seed as a fixed score).
+    assert exact_test([0.3, 0.31, 0.32, 0.33, 0.34, 0.35], [0.2]) == {"p": None, "min_p": None}
+    assert exact_test([0.3], [0.2, 0.25]) == {"p": None, "min_p": None}
+    assert exact_test([0.3], [0.2], fixed_b=True) == {"p": None, "min_p": None}
 
 
 def test_permutation_is_exact_in_rate_across_batches():
@@ -188,15 +199,16 @@ def test_permutation_is_exact_in_rate_across_batches():
 def test_degenerate_names_the_case():
     assert degenerate([0.0, 0.0, 0.0]) == "all zero"
     assert degenerate([1.0, 1.0]) == "all one"
-    assert degenerate([0.3, 0.3, 0.3 + 1e-17]) == "constant"
+    assert degenerate([0.1 + 0.2, 0.3, 0.3]) == "constant"  # 0.30000000000000004: a tie, not a spread
     assert degenerate([0.3, 0.4]) is None and degenerate([0.0]) is None
 
 
 def test_seeds_needed_respects_the_permutation_floor():
     # A huge effect with little spread: power is no constraint, the floor is.
     assert seeds_needed([0.9, 0.91, 0.89], [0.1, 0.11, 0.09], 64, 64, alpha=0.05) == 4  # 2/70 <= 0.05
-    assert seeds_needed([0.9, 0.91, 0.89], [0.1], 64, 64, alpha=0.05) == 6  # 2/64 <= 0.05
-    assert seeds_needed([0.9, 0.91, 0.89], [0.1], 64, 64, alpha=0.01) == 8
+    assert seeds_needed([0.9, 0.91, 0.89], [0.1], 64, 64, alpha=0.05, fixed_b=True) == 6  # 2/64 <= 0.05
+    assert seeds_needed([0.9, 0.91, 0.89], [0.1], 64, 64, alpha=0.01, fixed_b=True) == 8
+    assert seeds_needed([0.9, 0.91, 0.89], [0.1], 64, 64) is None  # one seed of a varying reference
 
 
 def test_seeds_needed_grows_with_noise_and_is_none_without_a_difference():

@@ -291,7 +291,11 @@ def cmd_schema(args: argparse.Namespace) -> None:
 def cmd_coverage(args: argparse.Namespace) -> None:
     from toolrl.analysis import coverage
 
-    sys.stdout.write(coverage.table(args.seeds, args.tasks, experiments=args.experiments, confidence=args.confidence))
+    sys.stdout.write(
+        coverage.table(
+            args.seeds, args.tasks, offsets=args.offsets, experiments=args.experiments, confidence=args.confidence
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cov.add_argument("--seeds", type=int, nargs="+", default=[3, 5, 10], help="seeds per group")
     cov.add_argument("--tasks", type=int, nargs="+", default=[64], help="tasks per split")
+    cov.add_argument(
+        "--offsets",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="logit offsets of the task categories (the tasks split evenly among them; a seed's effect is shared)",
+    )
     cov.add_argument("--experiments", type=int, default=2000, help="simulated sweeps per setting")
     cov.add_argument("--confidence", type=float, default=0.95, help="nominal coverage")
     cov.set_defaults(fn=cmd_coverage)

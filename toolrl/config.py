@@ -743,7 +743,8 @@ def validate(cfg: Config) -> None:
     )
     for key, lr in (("warmup.learning_rate", cfg.warmup.learning_rate), ("sft.learning_rate", cfg.sft.learning_rate)):
         check(lr > 0, key, f"learning rate {lr} must be > 0")
-    check(0 < cfg.aggregate.confidence < 1, "aggregate.confidence", "must be in (0, 1)")
+    for key in ("confidence", "alpha", "power"):
+        check(0 < getattr(cfg.aggregate, key) < 1, f"aggregate.{key}", "must be in (0, 1)")
     check(cfg.aggregate.correction in CORRECTIONS, "aggregate.correction", f"choose from {', '.join(CORRECTIONS)}")
     check(
         cfg.aggregate.paper is None or cfg.aggregate.paper in PUBLISHED,

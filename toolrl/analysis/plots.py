@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 BASE = "base"
 
 
+def _errors(stats: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """Error-bar lengths (points) below and above each mean; none for a single seed."""
+    low = [0.0 if x["ci_low"] is None else 100 * (x["mean"] - x["ci_low"]) for x in stats]
+    high = [0.0 if x["ci_high"] is None else 100 * (x["ci_high"] - x["mean"]) for x in stats]
+    return [low, high]
+
+
 def render(fig: Figure, fmt: str) -> bytes:
     """The figure as PNG (150 dpi, for the report and READMEs) or PDF (vector, for the paper)."""
     buf = io.BytesIO()
@@ -46,8 +53,7 @@ def success(summary: dict[str, Any]) -> Figure:
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(splits))]
         st = [g["splits"][s] for s in splits]
         means = [100 * x["mean"] for x in st]
-        err = [[100 * (x["mean"] - x["ci_low"]) for x in st], [100 * (x["ci_high"] - x["mean"]) for x in st]]
-        ax.bar(xs, means, width, yerr=err, capsize=3, label=f"{g['name']} (n={g['n']})")
+        ax.bar(xs, means, width, yerr=_errors(st), capsize=3, label=f"{g['name']} (n={g['n']})")
     ax.set_xticks(range(len(splits)), list(splits))
     ax.set_xlabel("evaluation split")
     ax.set_ylabel("task success (%)")
@@ -136,11 +142,15 @@ def lr_sensitivity(summary: dict[str, Any]) -> Figure:
             pts = sorted((g["lr"], g["splits"][s]) for g in trained if (g["signal"], g["scheme"]) == (signal, scheme))
             xs = [lr for lr, _ in pts]
             means = [100 * st["mean"] for _, st in pts]
-            err = [
-                [100 * (st["mean"] - st["ci_low"]) for _, st in pts],
-                [100 * (st["ci_high"] - st["mean"]) for _, st in pts],
-            ]
-            ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=f"{signal}/{scheme}")
+            ax.errorbar(
+                xs,
+                means,
+                yerr=_errors([st for _, st in pts]),
+                marker="o",
+                capsize=3,
+                color=f"C{i % 10}",
+                label=f"{signal}/{scheme}",
+            )
         if base is not None:
             ax.axhline(100 * base["splits"][s]["mean"], color="0.4", ls="--", lw=1, label="base (before RL)")
         ax.set_xscale("log")

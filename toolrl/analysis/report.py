@@ -250,19 +250,19 @@ class Settings:
     seed: int = 0
 
 
-def _compare(g: Group, ref: Group, split: str, st: Settings, family: int) -> dict[str, Any]:
+def _compare(g: Group, ref: Group, split: str, st: Settings) -> dict[str, Any]:
     """One group against one reference on one split: the difference with its interval, the
-    exact test, Hedges' g (None against a degenerate reference, which is named instead) and the
-    seeds per group the observed difference would need."""
+    exact test, Hedges' g (None where a side is degenerate, which is named instead). The base
+    model is a fixed reference: one model, one greedy evaluation, no seed to vary."""
     a, b = g.rates[split], ref.rates[split]
     ta, tb = g.tasks(split), ref.tasks(split)
+    fixed = ref.name == BASE
     return {
-        **stats.difference_interval(a, b, ta, tb, st.confidence),
-        **stats.exact_test(a, b, st.n_resamples, st.seed),
+        **stats.difference_interval(a, b, ta, tb, st.confidence, fixed_b=fixed),
+        **stats.exact_test(a, b, st.n_resamples, st.seed, fixed_b=fixed),
         "hedges_g": stats.hedges_g(a, b),
         "group_degenerate": stats.degenerate(a),
         "reference_degenerate": stats.degenerate(b),
-        "seeds_needed": stats.seeds_needed(a, b, ta, tb, stats.level(st.alpha, st.correction, family), st.power),
     }
 
 
@@ -274,11 +274,17 @@ def _compare_all(
     The family for the correction is one reference and one split, because each split answers its
     own question (in-distribution vs. OOD) and each reference its own (did RL help at all; does a
     recipe beat the baseline recipe)."""
-    out = {g.name: {s: _compare(g, ref, s, st, len(groups)) for s in splits} for g in groups}
+    out = {g.name: {s: _compare(g, ref, s, st) for s in splits} for g in groups}
     for s in splits:
         adjusted = stats.adjust([out[g.name][s]["p"] for g in groups], st.correction)
+        family = sum(q is not None for q in adjusted)
+        alpha = stats.level(st.alpha, st.correction, family)
         for g, q in zip(groups, adjusted, strict=True):
-            out[g.name][s]["p_adj"] = q
+            c = out[g.name][s]
+            c["p_adj"] = q
+            c["seeds_needed"] = stats.seeds_needed(
+                g.rates[s], ref.rates[s], g.tasks(s), ref.tasks(s), alpha, st.power, fixed_b=ref.name == BASE
+            )
     return out
 
 
@@ -430,7 +436,7 @@ def aggregate(
         "groups": records,
     }
     for g in tables.few_seed_groups(summary):
-        log.warning("group %s has only %d seed(s); its CI and p-values are unreliable", g["name"], g["n"])
+        log.warning("group %s has only %d seed(s); its interval and p-values are unreliable", g["name"], g["n"])
     for line in tables.underpowered(summary):
         log.warning("underpowered: %s", line)
 

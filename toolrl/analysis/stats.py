@@ -55,8 +55,8 @@ def _is_constant(x: np.ndarray) -> bool:
 def degenerate(values: Sequence[float]) -> str | None:
     """'all zero', 'all one' or 'constant' for seeds that all score the same, else None.
 
-    Against such a reference a standardised effect divides by a spread of zero and a probability
-    of improvement counts only the other group's non-zero runs; the tables flag it instead."""
+    Against such a reference a standardised effect divides by a spread of zero, so the tables
+    name the case instead of printing one."""
     x = _as_sample(values)
     if x.size < 2 or not _is_constant(x):
         return None
@@ -73,7 +73,9 @@ def degenerate(values: Sequence[float]) -> str | None:
 def _dispersion(rates: np.ndarray, tasks: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, variance of one seed's rate, and phi = that variance / (mean (1 - mean)), along the
     last axis. Seeds that all score the same give no spread to estimate from: phi is then the
-    binomial 1/T (no seed effect), the smallest the two-level model allows."""
+    binomial 1/T, i.e. no seed effect. Only then: raising every smaller estimate to 1/T as well
+    would over-cover (98–100% without a seed effect), so a tie gives a wider interval than seeds
+    that differ by one task."""
     n = rates.shape[-1]
     mean = rates.mean(axis=-1)
     var = rates.var(axis=-1, ddof=1) if n > 1 else np.zeros_like(mean)
@@ -123,15 +125,15 @@ def clustered_wilson(
 def summarize(values: Sequence[float], tasks: int, confidence: float = 0.95) -> dict[str, Any]:
     """Mean, sample sd and the seed-clustered Wilson interval of one group's seeds.
 
-    One seed has no interval (the bounds are the point, and tables print none); `constant` marks
-    seeds that all scored the same, whose interval assumes no seed effect."""
+    One seed has no spread and no interval (None); `constant` marks seeds that all scored the
+    same, whose interval assumes no seed effect."""
     x = _as_sample(values)
     _check_confidence(confidence)
     if tasks < 1:
         raise ValueError(f"tasks must be >= 1, got {tasks}")
     mean = float(np.mean(x))
     if x.size == 1:
-        return {"mean": mean, "std": 0.0, "n": 1, "ci_low": mean, "ci_high": mean, "constant": False}
+        return {"mean": mean, "std": None, "n": 1, "ci_low": None, "ci_high": None, "constant": False}
     _, low, high = clustered_wilson(x, tasks, confidence)
     return {
         "mean": mean,
@@ -172,17 +174,28 @@ def difference(
     return d, d - np.sqrt((ma - la) ** 2 + (ub - mb) ** 2), d + np.sqrt((ua - ma) ** 2 + (mb - lb) ** 2)
 
 
+def _fixed(y: np.ndarray, fixed_b: bool) -> None:
+    if fixed_b and y.size != 1:
+        raise ValueError(f"a fixed reference is one score, got {y.size}")
+
+
 def difference_interval(
-    a: Sequence[float], b: Sequence[float], tasks_a: int, tasks_b: int, confidence: float = 0.95
+    a: Sequence[float],
+    b: Sequence[float],
+    tasks_a: int,
+    tasks_b: int,
+    confidence: float = 0.95,
+    fixed_b: bool = False,
 ) -> dict[str, float | None]:
-    """`difference` for two groups' seeds. With one seed in `b` (the base model, a single fixed
-    starting point evaluated greedily on fixed tasks) `b` is a constant and the interval is a's
-    own, shifted; with one seed in `a` there is no interval (None)."""
+    """`difference` for two groups' seeds. With `fixed_b`, `b` is one fixed score (the base model:
+    a single starting point evaluated greedily on fixed tasks) and the interval is a's own,
+    shifted. No interval (None) where a side that varies has fewer than 2 seeds."""
     x, y = _as_sample(a, "a"), _as_sample(b, "b")
+    _fixed(y, fixed_b)
     diff = float(np.mean(x) - np.mean(y))
-    if x.size < 2:
+    if x.size < 2 or (y.size < 2 and not fixed_b):
         return {"diff": diff, "ci_low": None, "ci_high": None}
-    if y.size == 1:
+    if fixed_b:
         _, low, high = clustered_wilson(x, tasks_a, confidence)
         return {"diff": diff, "ci_low": float(low) - float(y[0]), "ci_high": float(high) - float(y[0])}
     _, low, high = difference(x, y, tasks_a, tasks_b, confidence)
@@ -245,15 +258,23 @@ def min_p(n_a: int, n_b: int | None = None) -> float:
     """The smallest two-sided p the exact test can return: 2 / C(n_a + n_b, n_a) for two groups,
     2 / 2^n_a against a fixed reference (n_b None)."""
     total = 2**n_a if n_b is None else math.comb(n_a + n_b, n_a)
-    return min(1.0, math.exp(math.log(2) - math.log(total)))  # log: the count outgrows a float
+    return min(1.0, 2 / total)  # int division: correctly rounded, and 0.0 for counts past a float
 
 
-def exact_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 9999, seed: int = 0) -> dict[str, float]:
-    """The exact test that fits the pair: the two-sample permutation test, or the sign-flip test
-    where `b` is a single fixed score (the base model). `min_p` is what the test could reach."""
+def exact_test(
+    a: Sequence[float], b: Sequence[float], n_resamples: int = 9999, seed: int = 0, fixed_b: bool = False
+) -> dict[str, float | None]:
+    """The exact test that fits the pair: the two-sample permutation test, or with `fixed_b` the
+    sign-flip test against `b`, one fixed score (the base model). `min_p` is what the test could
+    reach. None where a side that varies has a single seed: no relabelling can tell anything."""
     x, y = _as_sample(a, "a"), _as_sample(b, "b")
-    if y.size == 1:
+    _fixed(y, fixed_b)
+    if fixed_b:
+        if x.size < 2:
+            return {"p": None, "min_p": None}
         return {"p": float(sign_flip_p(x, y[0], n_resamples, seed)), "min_p": min_p(x.size)}
+    if x.size < 2 or y.size < 2:
+        return {"p": None, "min_p": None}
     return {"p": float(permutation_p(x, y, n_resamples, seed)), "min_p": min_p(x.size, y.size)}
 
 
@@ -291,23 +312,25 @@ def seeds_needed(
     tasks_b: int,
     alpha: float = 0.05,
     power: float = 0.8,
+    fixed_b: bool = False,
 ) -> int | None:
     """Seeds per group for `power` to detect the observed difference at two-sided level `alpha`,
     taking the observed difference and spreads as the truth (a planning number, not evidence).
 
     Power is the Welch t-test's (noncentral t), which the exact permutation test approaches,
-    and n is at least what the permutation test needs to reach `alpha` at all. Against a single
-    fixed score (`b` of one seed) it is the one-sample version. None: no difference to detect,
-    or more than MAX_SEEDS.
+    and n is at least what the permutation test needs to reach `alpha` at all. With `fixed_b`
+    (`b` one fixed score, the base model) it is the one-sample version. None: a side that varies
+    has one seed (no spread to plan with), no difference to detect, or more than MAX_SEEDS.
     """
     x, y = _as_sample(a, "a"), _as_sample(b, "b")
+    _fixed(y, fixed_b)
     if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
         raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
     diff = abs(float(np.mean(x) - np.mean(y)))
-    if diff <= _CONSTANT_RTOL:
+    if diff <= _CONSTANT_RTOL or x.size < 2 or (y.size < 2 and not fixed_b):
         return None
-    one_sample = y.size == 1
-    va = _seed_var(x, tasks_a) if x.size > 1 else float(np.mean(x) * (1 - np.mean(x)) / tasks_a)
+    one_sample = fixed_b
+    va = _seed_var(x, tasks_a)
     vb = 0.0 if one_sample else _seed_var(y, tasks_b)
     for n in range(2, MAX_SEEDS + 1):
         if (min_p(n) if one_sample else min_p(n, n)) > alpha:
@@ -318,7 +341,8 @@ def seeds_needed(
         df = n - 1 if one_sample else float(_welch_df(np.array(va), n, np.array(vb), n))
         crit = sps.t.ppf(1 - alpha / 2, df)
         nc = diff / se
-        achieved = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
+        # The far tail is negligible for nc >= 0, and scipy returns NaN for it at large nc.
+        achieved = sps.nct.sf(crit, df, nc) + np.nan_to_num(sps.nct.cdf(-crit, df, nc))
         if achieved >= power:
             return n
     return None

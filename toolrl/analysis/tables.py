@@ -131,11 +131,12 @@ def _common_n(summary: dict[str, Any]) -> int:
 def tests_caption(summary: dict[str, Any]) -> str:
     """Which exact tests the p-values come from, and the smallest p each can give at this sweep's n."""
     n = _common_n(summary)
+    m = next(g["n"] for g in summary["groups"] if g["name"] == summary["baseline"])
     text = (
-        f"p-values are two-sided exact permutation tests over seeds, "
-        f"{_correction_words(summary['correction'])} per split and reference across the compared groups: "
-        f"against the baseline `{summary['baseline']}`, every split of the two groups' seeds (at {n} vs {n} "
-        f"seeds no p can be below {stats.min_p(n, n):.3g})"
+        f"p-values are two-sided permutation tests over seeds, exact (every relabelling, up to "
+        f"{stats.EXACT_LIMIT:,}; random ones beyond), {_correction_words(summary['correction'])} per split and "
+        f"reference across the compared groups: against the baseline `{summary['baseline']}`, every split of "
+        f"the two groups' seeds (at {n} vs {m} seeds no p can be below {stats.min_p(n, m):.3g})"
     )
     if "base" in summary["references"]:
         text += (
@@ -414,9 +415,20 @@ def _g_cell(c: dict[str, Any]) -> str:
 
 
 def _seeds_cell(c: dict[str, Any]) -> str:
+    if c["p"] is None:
+        return "n/a"
     if abs(c["diff"]) <= 1e-12:
         return "—"
     return f">{stats.MAX_SEEDS}" if c["seeds_needed"] is None else str(c["seeds_needed"])
+
+
+def _level_words(summary: dict[str, Any]) -> str:
+    if summary["correction"] == "none":
+        return f"{summary['alpha']:g}"
+    return (
+        f"{summary['alpha']:g} divided by the number of compared groups (what the correction asks of a "
+        f"comparison that stands alone)"
+    )
 
 
 def underpowered(summary: dict[str, Any]) -> list[str]:
@@ -428,7 +440,7 @@ def underpowered(summary: dict[str, Any]) -> list[str]:
             short = []
             for s in summary["splits"]:
                 c = _comparison(g, r, s)
-                if c is None or abs(c["diff"]) <= 1e-12 or (c["p_adj"] is not None and c["p_adj"] <= summary["alpha"]):
+                if c is None or c["p_adj"] is None or abs(c["diff"]) <= 1e-12 or c["p_adj"] <= summary["alpha"]:
                     continue
                 if c["seeds_needed"] is None or c["seeds_needed"] > g["n"]:
                     short.append(f"{s} {_seeds_cell(c)}")
@@ -441,7 +453,6 @@ def effects_markdown(summary: dict[str, Any]) -> str:
     """Each group against the baseline and the base model: how large the difference is and how sure
     (its interval), whether the exact test can tell, and how many seeds it would take."""
     refs = summary["references"]
-    n = _common_n(summary)
     lines = [
         (
             f"Each group against the baseline `{summary['baseline']}`"
@@ -451,12 +462,10 @@ def effects_markdown(summary: dict[str, Any]) -> str:
             f"groups' intervals at the Welch–Satterthwaite t quantile, combined; against `{BASE}`, whose score is one "
             f"fixed number, the group's own interval shifted). `g`: Hedges' g, the small-sample-corrected "
             f"standardised difference; not given where one side's seeds all scored the same, since it then "
-            f"divides by the other group's spread alone and reads as huge. `p`: the exact permutation test, "
-            f"{_correction_words(summary['correction'])} (see `main.md`; at {n} vs {n} seeds no p is below "
-            f"{stats.min_p(n, n):.3g}). `seeds`: seeds per group for {100 * summary['power']:g}% power to detect "
-            f"the observed difference with the observed spread at level {summary['alpha']:g} divided by the number "
-            f"of compared groups (what the correction asks of a comparison that stands alone), taking both as the "
-            f"truth: a planning number, not evidence."
+            f"divides by the other group's spread alone and reads as huge. `p`: {tests_caption(summary)} "
+            f"`seeds`: seeds per group for {100 * summary['power']:g}% power to detect "
+            f"the observed difference with the observed spread at level {_level_words(summary)}, taking both as "
+            f"the truth: a planning number, not evidence (n/a: a single seed has no spread)."
         ),
         "",
     ]
