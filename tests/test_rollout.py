@@ -255,3 +255,33 @@ def test_control_token_probe_reads_the_right_steps():
     assert rec[0]["p_content/first"] == approx([0.4])
     assert rec[1]["p_tool_call/sampled"] == [] and rec[1]["p_im_end/after_tool_call"] == []
     assert rec[1]["p_im_end/sampled"] == approx([0.3]) and rec[1]["p_content/first"] == approx([0.8])
+
+
+def test_rollouts_sample_the_policy_whatever_the_checkpoints_generation_config(splits, tokenizer):
+    """A checkpoint's generation_config (repetition penalty, no-repeat n-grams, minimum length, bad
+    words) must not reach rollouts or greedy evaluation: both equal a clean config's, and the
+    checkpoint keeps its settings afterwards."""
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    )
+    cfg = RolloutConfig(max_messages=4, max_new_tokens=16, max_total_tokens=200)
+    tasks, fmt = splits["id"][:6], get_format("json")
+
+    def completions(sample):
+        torch.manual_seed(3)
+        return [r.completion_ids for r in rollout.run(model, tokenizer, tasks, fmt, cfg, sample=sample)]
+
+    def direct():
+        torch.manual_seed(3)
+        ids = torch.tensor([rollout.encode(tokenizer, "hello")])
+        return model.generate(input_ids=ids, max_new_tokens=12, do_sample=False).tolist()
+
+    clean = (completions(False), completions(True), direct())
+    gc = model.generation_config
+    gc.repetition_penalty, gc.no_repeat_ngram_size, gc.min_new_tokens = 5.0, 1, 8
+    gc.bad_words_ids = [[tokenizer.convert_tokens_to_ids("<|im_end|>")]]
+    assert direct() != clean[2], "the settings must change plain generation, or the test proves nothing"
+    assert (completions(False), completions(True)) == clean[:2]
+    assert model.generation_config is gc and gc.repetition_penalty == 5.0

@@ -11,13 +11,14 @@ kind are a known cause of collapse in other frameworks, so tests check the mask 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from toolrl.config import RolloutConfig
@@ -82,6 +83,33 @@ def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return out
 
 
+# What a neutral generation config keeps from the checkpoint's: the special tokens, nothing that
+# reshapes the distribution.
+_SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+@contextmanager
+def policy_sampling(model: torch.nn.Module) -> Iterator[None]:
+    """Generate from the policy itself: swap the checkpoint's `generation_config` for a neutral one
+    while the rollout runs, and put it back after (saved checkpoints keep theirs).
+
+    transformers fills every setting a `generate` call leaves unset from `model.generation_config`,
+    and real checkpoints set some the loss does not model: Qwen2.5-Instruct's has a repetition
+    penalty, others no-repeat n-grams, minimum lengths or bad words. Rollouts would then be drawn
+    from another distribution than the one GRPO scores, and greedy evaluation would not be greedy.
+    Passing neutral values as arguments cannot undo list-valued settings (None means "unset"), so
+    the config itself is replaced."""
+    original = getattr(model, "generation_config", None)
+    if original is None:  # an engine stand-in without one (tests)
+        yield
+        return
+    model.generation_config = GenerationConfig(**{k: getattr(original, k, None) for k in _SPECIAL_TOKENS})
+    try:
+        yield
+    finally:
+        model.generation_config = original
+
+
 @torch.no_grad()
 def run(
     model: torch.nn.Module,
@@ -141,7 +169,7 @@ def run(
                     Batch(active[s : s + batch_size], tokenizer.pad_token_id) for s in range(0, len(active), batch_size)
                 ]
             for batch in batches:
-                with sdpa_kernel(GENERATION_ATTENTION):
+                with sdpa_kernel(GENERATION_ATTENTION), policy_sampling(model):
                     _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id)
     finally:
         model.train(was_training)
