@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -603,3 +604,30 @@ def test_prepare_with_the_paper_preset_writes_the_papers_split(checkout, tmp_pat
     assert {int(t["id"].rsplit("_", 1)[1]) for t in read["rl"]} == set(train)
     assert read["content_ood"] and {t["backend"] for t in read["content_ood"]} == {"acebench"}
     assert all("multi_step" in t["features"] for t in read["content_ood"])
+
+
+def test_a_required_name_missing_from_properties_is_warned_and_not_required(checkout, caplog):
+    """ACEBench's real data requires, in one Travel function, a name its properties lack: a strict
+    check would make that function uncallable. Loading warns once and drops it from `required`."""
+    path = checkout / "data_all" / "data_en" / "data_agent_multi_step.json"
+    items = [json.loads(line) for line in path.read_text().splitlines()]
+    for item in items:
+        for doc in item["function"]:
+            if doc["name"] == "send_message":
+                doc["parameters"]["required"].append("mesage")
+    path.write_text("".join(json.dumps(x) + "\n" for x in items))
+    with caplog.at_level("WARNING"):
+        task = tasks_of(checkout)["agent_multi_step_0"]
+    typo = [r for r in caplog.records if "'mesage'" in r.getMessage()]
+    assert len(typo) == 1 and "send_message" in typo[0].getMessage()  # once, though two tasks list it
+    send = call("send_message", sender_name="Eve", receiver_name="Frank", message="See you at 5")
+    assert play(task, [call("turn_on_wifi"), send, "Done."]).success
+    assert "mesage" in path.read_text()  # the checkout's data are left as they are
+
+
+def test_the_checkout_is_never_written_to(checkout, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as Python runs by default (CI sets it)
+    before = sorted(p.relative_to(checkout) for p in checkout.rglob("*"))
+    for task in tasks_of(checkout).values():
+        play(task, [call("turn_on_wifi")])
+    assert sorted(p.relative_to(checkout) for p in checkout.rglob("*")) == before

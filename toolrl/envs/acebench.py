@@ -14,7 +14,8 @@ The checkout is used as it is (nothing is downloaded): `cfg.path` is the folder 
   `phone_platform/reminder.py`, FoodPlatform `phone_platform/food_services.py`, Travel
   `travel.py`. They import each other by package path (`model_inference.multi_turn...`), so the
   checkout root is on `sys.path` while a file is imported, and the imports it made are removed
-  from `sys.modules` afterwards (two checkouts in one process never share a module).
+  from `sys.modules` afterwards (two checkouts in one process never share a module). No bytecode
+  is written: the checkout is read, never written to.
 
 How a task runs, as ACEBench runs it (`multi_*_utils.execute_agent_func_call`): one fresh
 instance per involved class, loaded with `_load_scenario(initial_config[class])` and then with
@@ -111,6 +112,7 @@ def _category_tasks(root: Path, category: str) -> list[Task]:
         _require(a, ("id", "ground_truth"), f"{answers_path}:{i}")
         answers[a["id"]] = a
     tasks = []
+    typos: set[tuple[str, str]] = set()
     for i, item in enumerate(items, 1):
         where = f"{root / DATA_DIR / name}:{i}"
         _require(item, TASK_KEYS, where)
@@ -125,7 +127,7 @@ def _category_tasks(root: Path, category: str) -> list[Task]:
             "category": category,
             "initial_config": item["initial_config"],
             "involved_classes": classes,
-            "functions": item["function"],
+            "functions": _callable_docs(item["function"], where, typos),
         }
         tasks.append(
             Task(
@@ -138,6 +140,35 @@ def _category_tasks(root: Path, category: str) -> list[Task]:
             )
         )
     return tasks
+
+
+def _callable_docs(docs: list[dict[str, Any]], where: str, warned: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The task's function docs with every `required` name that is not among the `properties`
+    dropped (warned about once per function and name). The real data has such a typo in a Travel
+    function; kept, the strict argument check would make that function uncallable whatever the
+    model writes (the name is required, and unknown if given). The docs are copies: the shown
+    doc and the checked doc are the same, and the checkout's data stay as they are."""
+    fixed = []
+    for doc in docs:
+        params = doc.get("parameters") if isinstance(doc, dict) else None
+        if not isinstance(params, dict) or not isinstance(params.get("required"), list):
+            fixed.append(doc)
+            continue
+        props = params.get("properties") or {}
+        absent = [p for p in params["required"] if p not in props]
+        for p in absent:
+            if (str(doc.get("name")), p) not in warned:
+                warned.add((str(doc.get("name")), p))
+                log.warning(
+                    "%s: function '%s' requires '%s', which is not among its properties; not required",
+                    where,
+                    doc.get("name"),
+                    p,
+                )
+        if absent:
+            doc = {**doc, "parameters": {**params, "required": [p for p in params["required"] if p in props]}}
+        fixed.append(doc)
+    return fixed
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -293,9 +324,12 @@ def _module(checkout: str, path: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     before = set(sys.modules)
     sys.path.insert(0, checkout)
+    # Importing would write __pycache__ folders into the user's checkout.
+    write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         spec.loader.exec_module(module)
     finally:
+        sys.dont_write_bytecode = write_bytecode
         sys.path.remove(checkout)
         for added in set(sys.modules) - before:
             if added.split(".")[0] == "model_inference":
