@@ -78,7 +78,7 @@ def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
     assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
         f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")
     ]
-    assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
+    assert all(f"--model {d}/base/model " in s and f"> {d}/logs/eval/base/" in s for s in base)
     cell = "signal=sft/scheme=synchronous/lr=1e-3/seed=2"
     mine = [s for s in shells if f" --run runs/{cell} " in s]
     assert len(mine) == 3
@@ -186,3 +186,13 @@ def test_the_paper_preset_names_the_missing_acebench_checkout(workdir):
     preset = ROOT / "config" / "bfcl-qwen2.5-1.5b.yaml"
     p = snakemake(workdir, "-n", "--configfile", str(ROOT / "config.yaml"), str(preset))
     assert p.returncode != 0 and "world.bfcl.acebench.path" in p.stdout + p.stderr
+
+
+def test_every_job_writes_its_output_to_its_log(workdir):
+    """stdout too: TRL prints a dictionary per step, which otherwise fills the console of
+    `snakemake --cores all` between Snakemake's progress lines."""
+    p = snakemake(workdir, "-n", "-p")
+    assert p.returncode == 0, p.stderr
+    shells = re.findall(r"^Shell command: (python -m toolrl .*)$", p.stdout, re.M)
+    assert len(shells) > 50
+    assert all(re.search(r" > \S+\.log 2>&1$", s) for s in shells), [s for s in shells if "2>&1" not in s][:2]
