@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 
 from toolrl.tracking import (
     AUTO_FLUSH_METRICS,
+    LiveLog,
     RunLogger,
     TrackingError,
     compare_url,
@@ -296,3 +298,29 @@ def test_resuming_again_logs_no_value_twice(store: dict[str, Any]) -> None:
     assert [(m.step, m.value) for m in client.get_metric_history(train.run_id, "loss")] == [(3, 0.5)]
     history = client.get_metric_history(train.run_id, "id/success")
     assert sorted(m.value for m in history) == [0.25, 0.5]
+
+
+def test_live_log_streams_lines_and_batches_metrics(store: dict[str, Any], tmp_path: Path) -> None:
+    """A line per step at once; metrics reach the run every `every_steps` steps or when
+    `every_seconds` have passed, whichever comes first; the run is RUNNING meanwhile."""
+    now = [0.0]
+    client = MlflowClient(store["uri"])
+    path = tmp_path / "train_log.jsonl"
+    run = RunLogger(store["uri"], store["experiment_id"], "live", {}, {})
+    with run, LiveLog(run, path, every_steps=3, every_seconds=60.0, clock=lambda: now[0]) as live:
+
+        def points() -> int:
+            return len(client.get_metric_history(run.run_id, "train/reward"))
+
+        for step in range(1, 3):
+            live({"phase": "rl", "step": step, "reward": 0.1 * step})
+        assert len(path.read_text().splitlines()) == 2 and points() == 0
+        live({"phase": "rl", "step": 3, "reward": 0.3})
+        assert points() == 3 and client.get_run(run.run_id).info.status == "RUNNING"
+        now[0] = 61.0  # a slow step: the time limit sends it alone
+        live({"phase": "rl", "step": 4, "reward": 0.4})
+        assert points() == 4
+    assert [r["step"] for r in live.rows] == [1, 2, 3, 4]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == live.rows
+    with pytest.raises(ValueError, match="every_steps"):
+        LiveLog(run, path, every_steps=0)

@@ -143,6 +143,7 @@ def _cell(args: argparse.Namespace) -> Cell:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from toolrl import tracking
     from toolrl.models import model as models
     from toolrl.training import train
 
@@ -150,8 +151,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args)
     cell = _cell(args)
     out = Path(args.out)
-    rows: list[dict[str, Any]] = []
-    report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", rows.append)
     # The config sections this job read, flattened by MLflow.
     params = {
         "config_hash": config_hash(cfg),
@@ -169,16 +168,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         "lr": str(cell.lr),
         "seed": str(cell.seed),
     }
+    # The run exists from the first step, and the train log grows a line per step (tracking.LiveLog).
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params, job=cell.path) as run:
-        for row in rows:
-            run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
+        with tracking.LiveLog(run, out / "train_log.jsonl", cfg.mlflow.flush_steps, cfg.mlflow.flush_seconds) as live:
+            report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", live)
         if cfg.mlflow.log_models:  # off by default: a model is large, the metrics are what is compared
             run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
         # The outputs are written before the run is marked FINISHED, so a FINISHED run always has
         # them; a job killed before that leaves its run RUNNING, and the rerun marks it KILLED.
         run.flush()
-        write_jsonl(out / "train_log.jsonl", rows)
+        write_jsonl(out / "train_log.jsonl", live.rows)
         write_json(out / "run.json", {"cell": cell.__dict__, **report})
 
 

@@ -504,6 +504,14 @@ class MLflowConfig:
     log_models: bool = field(
         default=False, metadata={"help": "also log each trained model (and the base model) as run artifacts (large)"}
     )
+    # A train job's metrics reach its run while it trains, whichever of the two comes first.
+    flush_steps: int = field(
+        default=10, metadata={"help": "send a train job's metrics to MLflow after this many steps", "minimum": 1}
+    )
+    flush_seconds: float = field(
+        default=30.0,
+        metadata={"help": "or after this many seconds since the last send, whichever comes first", "minimum": 0},
+    )
 
 
 @dataclass

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -451,3 +451,49 @@ class RunLogger:
             return
         status = RunStatus.FAILED if failed else RunStatus.FINISHED
         self._client.set_terminated(self._run_id, RunStatus.to_string(status))
+
+
+class LiveLog:
+    """A train job's per-step records as they happen: each is appended to the job's JSONL log at
+    once (a line per step, readable while the job runs) and sent to its MLflow run whenever
+    `every_steps` steps have gathered or `every_seconds` have passed since the last send, so a
+    job of hours shows its curves in the UI within seconds to a minute of each step, and the
+    tracking store is not written per step. `rows` keeps every record for the final, atomic
+    write of the same file."""
+
+    def __init__(
+        self,
+        run: RunLogger,
+        path: Path,
+        every_steps: int = 10,
+        every_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_steps < 1 or every_seconds < 0:
+            raise ValueError(f"every_steps must be >= 1 and every_seconds >= 0, got {every_steps}, {every_seconds}")
+        self.run, self.path = run, Path(path)
+        self.every_steps, self.every_seconds, self._clock = every_steps, every_seconds, clock
+        self.rows: list[dict[str, Any]] = []
+        self._pending, self._last = 0, clock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._file.flush()
+        self.run.log_metrics({f"train/{k}": v for k, v in row.items() if k not in ("step", "phase")}, step=row["step"])
+        self._pending += 1
+        if self._pending >= self.every_steps or self._clock() - self._last >= self.every_seconds:
+            self.run.flush()
+            self._pending, self._last = 0, self._clock()
+
+    def close(self) -> None:
+        """Stop appending (the caller then writes the complete file atomically over it)."""
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
