@@ -133,13 +133,16 @@ def test_section_hash_tracks_only_its_sections():
     assert section_hash(a, "aggregate") != section_hash(b, "aggregate")
 
 
-def test_mlflow_init_hash_ignores_log_models_and_kept_its_old_value():
-    """Switching model logging must not recreate the experiment (which reruns the whole DAG), and
-    sweeps started before `log_models` existed must keep their hash (5266a5e599c9 at 020566d)."""
+def test_mlflow_init_hash_ignores_the_jobs_keys_and_kept_its_old_value():
+    """Switching model logging or the flush cadence must not recreate the experiment (which reruns
+    the whole DAG), and sweeps started before those keys existed keep their hash (5266a5e599c9 at
+    020566d)."""
+    from toolrl.config import MLFLOW_JOB_KEYS
+
     a = load(ROOT / "config.yaml")
-    on = load(ROOT / "config.yaml", {"mlflow": {"log_models": True}})
+    on = load(ROOT / "config.yaml", {"mlflow": {"log_models": True, "flush_steps": 1, "flush_seconds": 5}})
     server = load(ROOT / "config.yaml", {"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}})
-    h = [section_hash(c, "mlflow", exclude=("mlflow.log_models",)) for c in (a, on, server)]
+    h = [section_hash(c, "mlflow", exclude=MLFLOW_JOB_KEYS) for c in (a, on, server)]
     assert h[0] == h[1] == "5266a5e599c9" != h[2]
 
 

@@ -872,6 +872,11 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+# MLflow keys that the jobs read and the store does not: changing one must not recreate the
+# experiment (rule mlflow_init), which would rerun every job downstream.
+MLFLOW_JOB_KEYS = ("mlflow.log_models", "mlflow.flush_steps", "mlflow.flush_seconds")
+
+
 def config_hash(cfg: Config) -> str:
     """A short content hash, logged with every run so results can be traced to their config."""
     data = to_dict(cfg)

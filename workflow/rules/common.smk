@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from toolrl.analysis.outputs import OUTPUTS
 from toolrl.config import (
+    MLFLOW_JOB_KEYS,
     SPLITS,
     ConfigError,
     coerce_scalars,

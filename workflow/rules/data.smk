@@ -39,9 +39,7 @@ rule mlflow_init:
         f"{SWEEP}/mlflow/experiment.json",
     params:
         config=RESOLVED,
-        # log_models is read by the jobs that log models; switching it must not recreate the
-        # experiment (and with it rerun every job downstream).
-        mlflow=section_hash(CFG_DATA, "mlflow", exclude=("mlflow.log_models",)),
+        mlflow=section_hash(CFG_DATA, "mlflow", exclude=MLFLOW_JOB_KEYS),
     log:
         f"{SWEEP}/logs/mlflow_init.log",
     conda:
