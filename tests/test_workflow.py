@@ -78,7 +78,7 @@ def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
     assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
         f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")
     ]
-    assert all(f"--model {d}/base/model " in s and f"> {d}/logs/eval/base/" in s for s in base)
+    assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
     cell = "signal=sft/scheme=synchronous/lr=1e-3/seed=2"
     mine = [s for s in shells if f" --run runs/{cell} " in s]
     assert len(mine) == 3
@@ -188,11 +188,28 @@ def test_the_paper_preset_names_the_missing_acebench_checkout(workdir):
     assert p.returncode != 0 and "world.bfcl.acebench.path" in p.stdout + p.stderr
 
 
-def test_every_job_writes_its_output_to_its_log(workdir):
-    """stdout too: TRL prints a dictionary per step, which otherwise fills the console of
-    `snakemake --cores all` between Snakemake's progress lines."""
-    p = snakemake(workdir, "-n", "-p")
-    assert p.returncode == 0, p.stderr
-    shells = re.findall(r"^Shell command: (python -m toolrl .*)$", p.stdout, re.M)
-    assert len(shells) > 50
-    assert all(re.search(r" > \S+\.log 2>&1$", s) for s in shells), [s for s in shells if "2>&1" not in s][:2]
+def test_a_stage_prints_nothing_to_stdout(tmp_path):
+    """`python -m toolrl <stage>` sends stdout to stderr, which the rules write to the job's log:
+    TRL prints a dictionary per step, which would otherwise fill Snakemake's console. Checked with
+    a print at exit, after the stage failed on a missing config; `schema` keeps printing."""
+    import argparse
+    import subprocess
+    import sys
+
+    from toolrl.cli import STAGES, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    takes_config = {n for n, p in sub.choices.items() if any("--config" in a.option_strings for a in p._actions)}
+    assert set(STAGES) == takes_config
+    code = (
+        "import atexit, runpy, sys; atexit.register(print, 'FROM-STDOUT'); "
+        "sys.argv = ['toolrl'] + sys.argv[1:]; runpy.run_module('toolrl', run_name='__main__')"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "prepare", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and p.stdout == "" and "FROM-STDOUT" in p.stderr
+    p = subprocess.run([sys.executable, "-c", code, "schema"], capture_output=True, text=True)
+    assert p.returncode == 0 and "FROM-STDOUT" in p.stdout and "properties" in p.stdout

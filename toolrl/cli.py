@@ -298,6 +298,10 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     )
 
 
+# The commands the workflow's rules run (each takes --config); the others print for a person.
+STAGES = ("prepare", "convert-model", "mlflow-init", "warmup", "train", "evaluate", "aggregate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toolrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")

@@ -24,4 +24,4 @@ rule aggregate:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl aggregate --config {params.config} --experiment {input.experiment} > {log} 2>&1"
+        "python -m toolrl aggregate --config {params.config} --experiment {input.experiment} 2> {log}"

@@ -12,7 +12,7 @@ rule prepare:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl prepare --config {params.config} --out {params.out} > {log} 2>&1"
+        "python -m toolrl prepare --config {params.config} --out {params.out} 2> {log}"
 
 
 rule convert_model:
@@ -30,7 +30,7 @@ rule convert_model:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl convert-model --config {params.config} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m toolrl convert-model --config {params.config} --out {output} --threads {threads} 2> {log}"
 
 
 rule mlflow_init:
@@ -45,4 +45,4 @@ rule mlflow_init:
     conda:
         "../../envs/toolrl.yaml"
     shell:
-        "python -m toolrl mlflow-init --config {params.config} --out {output} > {log} 2>&1"
+        "python -m toolrl mlflow-init --config {params.config} --out {output} 2> {log}"

@@ -21,4 +21,4 @@ rule evaluate:
         "../../envs/toolrl.yaml"
     shell:
         "python -m toolrl evaluate --config {params.config} --data {params.data} --model {input.model}"
-        " --split {wildcards.split} --out {output} --run {wildcards.run} --threads {threads} > {log} 2>&1"
+        " --split {wildcards.split} --out {output} --run {wildcards.run} --threads {threads} 2> {log}"

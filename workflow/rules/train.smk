@@ -25,7 +25,7 @@ rule warmup:
         "python -m toolrl warmup --config {params.config} --data {params.data} --experiment {input.experiment}"
         " --out {params.out} --threads {threads}"
         + (" --pretrained {input.pretrained}" if PRETRAINED else "")
-        + " > {log} 2>&1"
+        + " 2> {log}"
 
 
 rule train:
@@ -55,5 +55,4 @@ rule train:
     shell:
         "python -m toolrl train --config {params.config} --data {params.data} --base {input.base}"
         " --experiment {input.experiment} --out {params.out} --signal {wildcards.signal}"
-        " --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed} --threads {threads}"
-        " > {log} 2>&1"
+        " --scheme {wildcards.scheme} --lr {wildcards.lr} --seed {wildcards.seed} --threads {threads} 2> {log}"
