@@ -242,21 +242,20 @@ def score_matrix(g: Group, split: str) -> np.ndarray:
 class Settings:
     """The aggregate config's statistics settings, passed as one."""
 
-    confidence: float = 0.95
-    alpha: float = 0.05
-    power: float = 0.8
-    correction: str = "holm"
-    n_resamples: int = 9999
-    seed: int = 0
+    confidence: float
+    alpha: float
+    power: float
+    correction: str
+    n_resamples: int
+    seed: int
 
 
-def _compare(g: Group, ref: Group, split: str, st: Settings) -> dict[str, Any]:
+def _compare(g: Group, ref: Group, split: str, st: Settings, fixed: bool) -> dict[str, Any]:
     """One group against one reference on one split: the difference with its interval, the
-    exact test, Hedges' g (None where a side is degenerate, which is named instead). The base
-    model is a fixed reference: one model, one greedy evaluation, no seed to vary."""
+    exact test, Hedges' g (None where a side is degenerate, which is named instead). `fixed`: the
+    reference is one fixed score (the base model: one model, one greedy evaluation)."""
     a, b = g.rates[split], ref.rates[split]
     ta, tb = g.tasks(split), ref.tasks(split)
-    fixed = ref.name == BASE
     return {
         **stats.difference_interval(a, b, ta, tb, st.confidence, fixed_b=fixed),
         **stats.exact_test(a, b, st.n_resamples, st.seed, fixed_b=fixed),
@@ -273,8 +272,9 @@ def _compare_all(
 
     The family for the correction is one reference and one split, because each split answers its
     own question (in-distribution vs. OOD) and each reference its own (did RL help at all; does a
-    recipe beat the baseline recipe)."""
-    out = {g.name: {s: _compare(g, ref, s, st) for s in splits} for g in groups}
+    recipe beat the baseline recipe). The base model is a fixed reference, no seed to vary."""
+    fixed = ref.name == BASE
+    out = {g.name: {s: _compare(g, ref, s, st, fixed) for s in splits} for g in groups}
     for s in splits:
         adjusted = stats.adjust([out[g.name][s]["p"] for g in groups], st.correction)
         family = sum(q is not None for q in adjusted)
@@ -283,7 +283,7 @@ def _compare_all(
             c = out[g.name][s]
             c["p_adj"] = q
             c["seeds_needed"] = stats.seeds_needed(
-                g.rates[s], ref.rates[s], g.tasks(s), ref.tasks(s), alpha, st.power, fixed_b=ref.name == BASE
+                g.rates[s], ref.rates[s], g.tasks(s), ref.tasks(s), alpha, st.power, fixed_b=fixed
             )
     return out
 

@@ -48,8 +48,13 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
+def _ties(x: np.ndarray) -> np.ndarray:
+    """Whether the values along the last axis are all equal, up to rounding."""
+    return np.ptp(x, axis=-1) <= _CONSTANT_RTOL * np.maximum(1.0, np.max(np.abs(x), axis=-1))
+
+
 def _is_constant(x: np.ndarray) -> bool:
-    return bool(np.ptp(x) <= _CONSTANT_RTOL * max(1.0, float(np.max(np.abs(x)))))
+    return bool(_ties(x))
 
 
 def degenerate(values: Sequence[float]) -> str | None:
@@ -80,8 +85,7 @@ def _dispersion(rates: np.ndarray, tasks: ArrayLike) -> tuple[np.ndarray, np.nda
     mean = rates.mean(axis=-1)
     var = rates.var(axis=-1, ddof=1) if n > 1 else np.zeros_like(mean)
     tasks = np.asarray(tasks, dtype=float)
-    spread = np.ptp(rates, axis=-1) > _CONSTANT_RTOL * np.maximum(1.0, np.max(np.abs(rates), axis=-1))
-    var = np.where(spread, var, mean * (1.0 - mean) / tasks)
+    var = np.where(_ties(rates), mean * (1.0 - mean) / tasks, var)
     pq = mean * (1.0 - mean)
     with np.errstate(divide="ignore", invalid="ignore"):
         phi = np.where(pq > 0, var / pq, 1.0 / tasks)

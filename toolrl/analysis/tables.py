@@ -164,10 +164,6 @@ def _comparison(g: dict[str, Any], ref: str, split: str) -> dict[str, Any] | Non
     return (g["comparison"].get(ref) or {}).get(split)
 
 
-def _ref_label(summary: dict[str, Any], ref: str) -> str:
-    return "baseline" if ref == "baseline" else BASE
-
-
 def main_markdown(summary: dict[str, Any]) -> str:
     splits, groups, restored = summary["splits"], summary["groups"], summary["restored_splits"]
     caption = (
@@ -186,7 +182,7 @@ def main_markdown(summary: dict[str, Any]) -> str:
         + list(splits)
         + [f"{s} restored" for s in restored]
         + ["collapsed"]
-        + [f"{s} p vs {_ref_label(summary, r)}" for r in refs for s in splits]
+        + [f"{s} p vs {r}" for r in refs for s in splits]
         + (["paper"] if summary.get("paper") else [])
     )
     rows = []
@@ -445,7 +441,7 @@ def underpowered(summary: dict[str, Any]) -> list[str]:
                 if c["seeds_needed"] is None or c["seeds_needed"] > g["n"]:
                     short.append(f"{s} {_seeds_cell(c)}")
             if short:
-                lines.append(f"`{g['name']}` (n={g['n']}) vs {_ref_label(summary, r)}: " + ", ".join(short))
+                lines.append(f"`{g['name']}` (n={g['n']}) vs {r}: " + ", ".join(short))
     return lines
 
 
@@ -477,7 +473,7 @@ def effects_markdown(summary: dict[str, Any]) -> str:
         ]
     degenerate = sorted(
         {
-            (_ref_label(summary, r), summary["baseline"] if r == "baseline" else BASE, s, c["reference_degenerate"])
+            (r, summary["baseline"] if r == "baseline" else BASE, s, c["reference_degenerate"])
             for g in summary["groups"]
             for r in refs
             for s in summary["splits"]
@@ -500,7 +496,7 @@ def effects_markdown(summary: dict[str, Any]) -> str:
         ]
     head = ["group", "n", "mean"]
     for r in refs:
-        label = _ref_label(summary, r)
+        label = r
         head += [f"Δ {label}"] + (["g"] if r == "baseline" else []) + [f"p {label}", f"seeds {label}"]
     for s in summary["splits"]:
         lines += [f"**{s}**", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
