@@ -101,9 +101,14 @@ def _tasks_words(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _trained_ns(summary: dict[str, Any]) -> list[int]:
+    """The seed count of every trained group (the base model has one evaluation by design)."""
+    return [g["n"] for g in summary["groups"] if g["name"] != BASE]
+
+
 def _seeds_words(summary: dict[str, Any]) -> str:
     """'n = 3' or 'n = 2 to 5, per group in main.md': the seeds of the trained groups."""
-    ns = sorted({g["n"] for g in summary["groups"] if g["name"] != BASE})
+    ns = sorted(set(_trained_ns(summary)))
     if not ns:
         return "n = 1"
     return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}, per group in main.md"
@@ -124,7 +129,7 @@ def interval_caption(summary: dict[str, Any]) -> str:
 
 
 def _common_n(summary: dict[str, Any]) -> int:
-    ns = [g["n"] for g in summary["groups"] if g["name"] != BASE]
+    ns = _trained_ns(summary)
     return max(set(ns), key=ns.count) if ns else 1
 
 
@@ -496,8 +501,7 @@ def effects_markdown(summary: dict[str, Any]) -> str:
         ]
     head = ["group", "n", "mean"]
     for r in refs:
-        label = r
-        head += [f"Δ {label}"] + (["g"] if r == "baseline" else []) + [f"p {label}", f"seeds {label}"]
+        head += [f"Δ {r}"] + (["g"] if r == "baseline" else []) + [f"p {r}", f"seeds {r}"]
     for s in summary["splits"]:
         lines += [f"**{s}**", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for g in summary["groups"]:
