@@ -189,27 +189,30 @@ def test_the_paper_preset_names_the_missing_acebench_checkout(workdir):
 
 
 def test_a_stage_prints_nothing_to_stdout(tmp_path):
-    """`python -m toolrl <stage>` sends stdout to stderr, which the rules write to the job's log:
-    TRL prints a dictionary per step, which would otherwise fill Snakemake's console. Checked with
-    a print at exit, after the stage failed on a missing config; `schema` keeps printing."""
+    """`python -m toolrl <stage>` (every command that takes --config, the ones the rules run) sends
+    stdout to stderr, which the rules write to the job's log: TRL prints a dictionary per step,
+    which would otherwise fill Snakemake's console. Checked with a print at exit, after each stage
+    failed on a missing config; `schema` keeps printing."""
     import argparse
     import subprocess
     import sys
 
-    from toolrl.cli import STAGES, build_parser
+    from toolrl.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     takes_config = {n for n, p in sub.choices.items() if any("--config" in a.option_strings for a in p._actions)}
-    assert set(STAGES) == takes_config
+    assert {"prepare", "warmup", "train", "evaluate", "aggregate"} <= takes_config
     code = (
         "import atexit, runpy, sys; atexit.register(print, 'FROM-STDOUT'); "
         "sys.argv = ['toolrl'] + sys.argv[1:]; runpy.run_module('toolrl', run_name='__main__')"
     )
-    p = subprocess.run(
-        [sys.executable, "-c", code, "prepare", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert p.returncode == 2 and p.stdout == "" and "FROM-STDOUT" in p.stderr
+    for stage in ("prepare", "aggregate"):
+        required = {"prepare": ["--out", str(tmp_path)], "aggregate": ["--experiment", str(tmp_path / "e.json")]}
+        p = subprocess.run(
+            [sys.executable, "-c", code, stage, "--config", str(tmp_path / "none.yaml"), *required[stage]],
+            capture_output=True,
+            text=True,
+        )
+        assert p.returncode == 2 and p.stdout == "" and "FROM-STDOUT" in p.stderr, (stage, p.stdout, p.stderr)
     p = subprocess.run([sys.executable, "-c", code, "schema"], capture_output=True, text=True)
     assert p.returncode == 0 and "FROM-STDOUT" in p.stdout and "properties" in p.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -298,10 +299,6 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     )
 
 
-# The commands the workflow's rules run (each takes --config); the others print for a person.
-STAGES = ("prepare", "convert-model", "mlflow-init", "warmup", "train", "evaluate", "aggregate")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toolrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -359,9 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, job: bool = False) -> int:
+    """Run one command. `job`: this process is a workflow job (`python -m toolrl`), whose rule
+    writes stderr to the job's log; a stage (a command that takes --config) then sends stdout
+    there too, at the file-descriptor level so C extensions follow. Libraries print to stdout
+    (TRL a dictionary per step), which would otherwise reach the console of `snakemake --cores
+    all`; redirecting in the rules instead would change every rule's shell command and make
+    Snakemake rerun every finished job of an existing sweep."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    if job and hasattr(args, "config"):
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         args.fn(args)
     # FloatingPointError: toolrl.models.guards.NonFiniteError (not imported here: it pulls in torch).
