@@ -13,12 +13,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, SNAKEMAKE_ENV
+from conftest import ROOT, SNAKEMAKE_ENV, snakemake_command
 
 pytestmark = pytest.mark.slow
 
@@ -82,26 +81,20 @@ def sweep(slurm, tmp_path_factory):
     env = {**SNAKEMAKE_ENV, "TOOLRL_SLURM_PARTITION": "debug", "TOOLRL_SLURM_STATUS_COMMAND": "squeue"}
     env.pop("TOOLRL_SLURM_ACCOUNT", None)
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(ROOT / "config.yaml"),
-            str(ROOT / "config" / "smoke.yaml"),
-            str(tiny),
-            "--workflow-profile",
-            str(PROFILE),
-            "--verbose",
-            # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
-            "--slurm-init-seconds-before-status-checks",
-            "1",
-            "--slurm-keep-successful-logs",
-        ],
+        snakemake_command(
+            work,
+            ROOT / "config" / "smoke.yaml",
+            tiny,
+            args=(
+                "--workflow-profile",
+                str(PROFILE),
+                "--verbose",
+                # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
+                "--slurm-init-seconds-before-status-checks",
+                "1",
+                "--slurm-keep-successful-logs",
+            ),
+        ),
         check=False,
         capture_output=True,
         text=True,
@@ -119,21 +112,7 @@ def test_profile_reads_partition_account_and_gpus_without_slurm(tmp_path):
     """A dry run needs no Slurm: the profile's environment lookups and the config's resources."""
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(ROOT / "config.yaml"),
-        str(tmp_path / "tiny.yaml"),
-        "-n",
-        "--workflow-profile",
-        str(PROFILE),
-    ]
+    cmd = snakemake_command(tmp_path, tmp_path / "tiny.yaml", args=("-n", "--workflow-profile", str(PROFILE)))
     for extra, partition, account in (
         ({"TOOLRL_SLURM_PARTITION": "gpu-a100", "TOOLRL_SLURM_ACCOUNT": "1234"}, "gpu-a100", "1234"),
         ({}, "", ""),

@@ -3,40 +3,23 @@ aggregate rule's outputs against the list its job writes by."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SNAKEMAKE_ENV, snakemake_command
 
 from toolrl.analysis.outputs import OUTPUTS
-
-ROOT = Path(__file__).resolve().parents[1]
-# Rules call `python -m toolrl`: put this interpreter first on PATH, as an activated venv does.
-ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def snakemake(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp),
-            "--configfile",
-            str(ROOT / "config.yaml"),
-            "--cores",
-            "2",
-            *args,
-        ],
+        snakemake_command(tmp, args=("--cores", "2", *args)),
         capture_output=True,
         text=True,
-        env=ENV,
+        env=SNAKEMAKE_ENV,
         cwd=ROOT,
         timeout=300,
     )
@@ -195,7 +178,6 @@ def test_a_stage_prints_nothing_to_stdout(tmp_path):
     failed on a missing config; `schema` keeps printing."""
     import argparse
     import subprocess
-    import sys
 
     from toolrl.cli import build_parser
 
