@@ -28,6 +28,7 @@ from toolrl.config import (
 from toolrl.io import read_json, require, write_json, write_jsonl
 
 log = logging.getLogger("toolrl")
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; running the job again may succeed
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -172,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # The run exists from the first step, and the train log grows a line per step (tracking.LiveLog).
     with _tracker(cfg, Path(args.experiment), cell.path, tags, params, job=cell.path) as run:
         with tracking.LiveLog(run, out / "train_log.jsonl", cfg.mlflow.flush_steps, cfg.mlflow.flush_seconds) as live:
-            report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", live)
+            report = train.run(cfg, cell, Path(args.base), Path(args.data), out / "model", live, out / "checkpoints")
         if cfg.mlflow.log_models:  # off by default: a model is large, the metrics are what is compared
             run.log_artifact(out / "model", "model")
         report["mlflow_run_id"] = run.run_id
@@ -374,6 +375,10 @@ def main(argv: list[str] | None = None, job: bool = False) -> int:
     except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as e:
         log.error("%s", e)
         return 2
+    # toolrl.training.checkpoints.Preempted: a checkpoint is saved, a retry resumes from it.
+    except InterruptedError as e:
+        log.error("%s", e)
+        return EX_TEMPFAIL
     return 0
 
 

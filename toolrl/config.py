@@ -494,6 +494,21 @@ class NumericsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Mid-run checkpoints of train jobs, so that a killed or preempted job resumes where it was.
+    Not part of any job's hash: a resumed job ends with the uninterrupted one's weights and log."""
+
+    save_every: int = field(
+        default=4,
+        metadata={
+            "help": "save a train job's full state every this many steps (0: only on SIGTERM/SIGUSR1)",
+            "minimum": 0,
+        },
+    )
+    keep: int = field(default=2, metadata={"help": "checkpoints kept per job (older ones are removed)", "minimum": 1})
+
+
+@dataclass
 class MLflowConfig:
     # None: a sqlite store under results/<sweep>/mlflow.db.
     tracking_uri: str | None = field(
@@ -587,6 +602,9 @@ class Config:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig, metadata={"help": "where every run is logged"})
     numerics: NumericsConfig = field(
         default_factory=NumericsConfig, metadata={"help": "what a NaN or inf gradient does"}
+    )
+    checkpoint: CheckpointConfig = field(
+        default_factory=CheckpointConfig, metadata={"help": "mid-run checkpoints of train jobs, for resuming"}
     )
     resources: ResourcesConfig = field(
         default_factory=ResourcesConfig, metadata={"help": "what each job asks Snakemake (and a cluster) for"}

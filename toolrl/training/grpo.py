@@ -18,7 +18,8 @@ import random
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from toolrl.core.supervision import ExpertPool, FailureLog, GroupOutcome, encode
 from toolrl.envs.base import Task
 from toolrl.formats import Format
 from toolrl.models import model as models
+from toolrl.models.guards import NonFiniteGuard
 from toolrl.plugins import (
     MEMBER_KINDS,
     CellContext,
@@ -45,6 +47,7 @@ from toolrl.plugins import (
     schemes,
     signals,
 )
+from toolrl.training.checkpoints import Checkpoints, Preempted, SaveAndStop, StopSignals
 from toolrl.training.warmup import value_token_ids
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -222,9 +225,14 @@ class ToolGRPOTrainer(GRPOTrainer):
         scheme: Scheme,
         source: MultiTurnRollout,
         extra: dict[str, float],
+        checkpoints: Checkpoints | None = None,
+        job_state: Callable[[], dict[str, Any]] = dict,
         **kwargs: Any,
     ):
         super().__init__(*args, rollout_func=source, **kwargs)
+        self.checkpoints = checkpoints
+        self.job_state = job_state
+        self._staging: str | None = None
         self.ctx = ctx
         self.signal = signal
         self.source = source
@@ -237,6 +245,42 @@ class ToolGRPOTrainer(GRPOTrainer):
         self._examples: list[list[Message]] = []
         self._sft_micro = 0  # micro-steps taken in SFT phases (TRL's own counter drives generation)
         self._sft_norm = 1.0  # the current SFT step's total token weight
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond transformers' own files to resume this run exactly."""
+        return {
+            "rl_steps": self.source.rl_steps,
+            "failures": [asdict(g) for g in self.source.failures.groups],
+            "pool_rng": self.ctx.pool.rng.getstate(),
+            "phase_rng": self.phase_rng.getstate(),
+            "phase": self._phase,
+            "examples": self._examples,
+            "sft_micro": self._sft_micro,
+            "sft_norm": self._sft_norm,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.rl_steps = state["rl_steps"]
+        self.source.failures.groups = [GroupOutcome(**g) for g in state["failures"]]
+        for rng, saved in ((self.ctx.pool.rng, state["pool_rng"]), (self.phase_rng, state["phase_rng"])):
+            rng.setstate((saved[0], tuple(saved[1]), saved[2]))  # JSON turned the tuples into lists
+        self._phase, self._examples = state["phase"], state["examples"]
+        self._sft_micro, self._sft_norm = state["sft_micro"], state["sft_norm"]
+
+    def _get_output_dir(self, trial):  # type: ignore[override]
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):  # type: ignore[override]
+        # transformers writes checkpoint-N into the staging folder; it is renamed into place whole.
+        if self.checkpoints is None:
+            return
+        name = f"checkpoint-{self.state.global_step}"
+        with self.checkpoints.staging(name, {"trainer": self.state_dict(), "job": self.job_state()}) as staging:
+            self._staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
 
     def _forward(self, model: torch.nn.Module, examples: list[list[Message]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of chat examples, labels -100 outside the assistant messages."""
@@ -361,10 +405,16 @@ def train(
     scheme: Scheme,
     learning_rate: float,
     on_step: Callable[[dict[str, Any]], None],
-    guard: TrainerCallback | None = None,
+    guard: NonFiniteGuard | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: Path | None = None,
+    stop: StopSignals | None = None,
+    job_state: Callable[[], dict[str, Any]] = dict,
 ) -> ToolGRPOTrainer:
-    """GRPO for one cell (a scheme's SFT before RL, if any, ran before this). Returns the trainer,
-    whose optimizer state tests inspect."""
+    """GRPO for one cell (a scheme's SFT before RL, if any, ran before this), saving to
+    `checkpoints` and resuming from the checkpoint `resume`; `job_state` adds the caller's state
+    to each checkpoint. Raises `Preempted` if `stop` received a signal before the last step.
+    Returns the trainer, whose optimizer state tests inspect."""
     cfg = ctx.cfg
     rl = cfg.rl
     signal.setup(ctx)
@@ -373,9 +423,10 @@ def train(
     extra: dict[str, float] = {}
     batch = rl.prompts_per_step * rl.num_generations
     micro = rl.micro_batch_size or batch
+    every = checkpoints.every if checkpoints is not None else 0
     with tempfile.TemporaryDirectory(prefix="toolrl-grpo-") as scratch:
         args = ToolGRPOConfig(
-            output_dir=scratch,
+            output_dir=str(checkpoints.root) if checkpoints is not None else scratch,
             max_steps=plan.total,
             rl_phases=scheme.rl_phases(),
             sft_steps=scheme.sft_steps(),
@@ -399,7 +450,12 @@ def train(
             # there is nothing to correct the importance weights with.
             vllm_importance_sampling_correction=False,
             logging_steps=1,
-            **models.trainer_defaults(ctx.seed, cfg.model.gradient_checkpointing),
+            **{
+                **models.trainer_defaults(ctx.seed, cfg.model.gradient_checkpointing),
+                # ToolGRPOTrainer._save_checkpoint writes them atomically; Checkpoints prunes them.
+                "save_strategy": "steps" if every else "no",
+                "save_steps": every or None,
+            },
         )
         trainer = ToolGRPOTrainer(
             model=model,
@@ -407,14 +463,24 @@ def train(
             args=args,
             train_dataset=Dataset.from_list([{"prompt": t} for t in ctx.tasks]),
             processing_class=ctx.tokenizer,
-            callbacks=[StepLogger(plan, source, extra, on_step)] + ([guard] if guard is not None else []),
+            callbacks=[StepLogger(plan, source, extra, on_step)]
+            + [c for c in (guard, SaveAndStop(stop) if stop is not None else None) if c is not None],
             ctx=ctx,
             signal=signal,
             scheme=scheme,
             source=source,
             extra=extra,
+            checkpoints=checkpoints,
+            job_state=job_state,
         )
-        trainer.train()
+        if resume is not None and checkpoints is not None:
+            trainer.load_state_dict(checkpoints.state(resume)["trainer"])
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    if stop is not None and stop.received and trainer.state.global_step < plan.total:
+        raise Preempted(
+            f"stopped on {stop.received} after step {trainer.state.global_step} of {plan.total}; "
+            "a checkpoint was saved, running the job again resumes from it"
+        )
     return trainer
 
 
