@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from types import SimpleNamespace
 
@@ -342,7 +343,9 @@ def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(split
             turn = len(seen) - 1
             text = expert[turn] if turn < len(expert) else "Done."
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] + [5, 6, 7]  # junk after EOS
-            return prompts, [ids for _ in prompts], None, None
+            # vLLM's top-k log-probs per position, the sampled token's first: -turn - position / 1000.
+            logprobs = [[-turn - k / 1000, -9.0] for k in range(len(ids))]
+            return prompts, [ids for _ in prompts], [logprobs for _ in prompts], None
 
     source = _source(
         tokenizer,
@@ -364,12 +367,23 @@ def test_rollouts_sample_through_trls_vllm_engine_when_the_trainer_has_one(split
     assert len(seen) == len(expert) and all(len(batch) == 2 for batch in seen)
     assert seen[0][0] == out["prompt_ids"][0]
     assert 5 not in out["completion_ids"][0][-3:]  # nothing after the EOS was kept
+    # The engine's log-probs line up with the sampled tokens, message by message; NaN elsewhere.
+    lps, mask = out["logprobs"][0], out["env_mask"][0]
+    assert len(lps) == len(out["completion_ids"][0]) == len(mask)
+    assert all(math.isnan(lp) for lp, m in zip(lps, mask, strict=True) if m == 0)
+    sampled = [lp for lp, m in zip(lps, mask, strict=True) if m == 1]
+    expected = []
+    for turn, text in enumerate(expert):
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        expected += [-turn - k / 1000 for k in range(n)]
+    assert sampled == expected
 
 
 def test_a_real_trainer_step_through_a_vllm_engine(splits, tokenizer, model, monkeypatch):
     """The whole TRL step with `use_vllm` (a stub engine stands in for vLLM, which needs a GPU):
-    the rollout returns no sampling log-probs, so TRL must not try to correct with them, and the
-    engine's length limit is one message's."""
+    the engine's log-probs reach TRL's importance-sampling correction, and the engine's length
+    limit is one message's. The stub reports log-probs 2 nats below the policy's on every sampled
+    token, so TRL's mean sampler-vs-policy gap must come out near 2."""
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     calls = []
 
@@ -382,7 +396,13 @@ def test_a_real_trainer_step_through_a_vllm_engine(splits, tokenizer, model, mon
         def generate(self, prompts, images, num_generations):
             calls.append(self.max_completion_length)
             ids = tokenizer("Done.", add_special_tokens=False)["input_ids"] + [eos]
-            return prompts, [ids for _ in prompts], None, None
+            with torch.no_grad():
+                out = []
+                for p in prompts:
+                    logits = model(torch.tensor([p + ids])).logits[0, len(p) - 1 : -1].float()
+                    lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0] - 2.0
+                    out.append([[v] for v in lp.tolist()])
+            return prompts, [ids for _ in prompts], out, None
 
     real_init = grpo.ToolGRPOTrainer.__init__
 
@@ -397,3 +417,4 @@ def test_a_real_trainer_step_through_a_vllm_engine(splits, tokenizer, model, mon
     rows: list[dict] = []
     _grpo(model, tokenizer, splits["rl"][:8], cfg, "none", "rl", rows)
     assert len(rows) == 1 and calls and set(calls) == {ROLL.max_new_tokens}
+    assert rows[0]["sampling/sampling_logp_difference/mean"] == pytest.approx(2.0, abs=1e-4)

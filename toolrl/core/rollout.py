@@ -11,6 +11,7 @@ kind are a known cause of collapse in other frameworks, so tests check the mask 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
+    # The sampler's log-probability of each completion token where an external engine reported
+    # it (vLLM: TRL corrects for the engine's mismatch with them), NaN elsewhere.
+    logprobs: list[float] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     probes: dict[str, list[float]] = field(default_factory=dict)
     sample_prompt_ids: list[int] | None = None
@@ -60,8 +64,9 @@ GENERATION_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTI
 CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 Users = Callable[[Task], "User | None"]
-# A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say).
-Generate = Callable[[list[list[int]]], list[list[int]]]
+# A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say) and,
+# if the engine reports them, each sampled token's log-probability.
+Generate = Callable[[list[list[int]]], tuple[list[list[int]], list[list[float]] | None]]
 
 
 def new_episode(task: Task, fmt: Format, cfg: RolloutConfig, users: Users | None = None) -> Episode:
@@ -311,21 +316,29 @@ def _advance_with(
 ) -> None:
     """`_advance` through an external engine: the same message budget, cut at the first EOS."""
     contexts = [(r.sample_prompt_ids or r.prompt_ids) + r.completion_ids for r in batch]
+    rows, logprobs = generate(contexts)
     # `generate` is an external engine: one row per context is its contract, not checked here.
-    for r, ctx, row in zip(batch, contexts, generate(contexts), strict=False):
+    for i, (r, ctx, row) in enumerate(zip(batch, contexts, rows, strict=False)):
         budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - len(ctx)))
         row = list(row)[:budget]
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
-        _consume(tokenizer, r, row[:n], eos_id, cfg)
+        _consume(tokenizer, r, row[:n], eos_id, cfg, list(logprobs[i][:n]) if logprobs is not None else None)
 
 
 def _consume(
-    tokenizer: PreTrainedTokenizerBase, r: Rollout, tokens: list[int], eos_id: int, cfg: RolloutConfig
+    tokenizer: PreTrainedTokenizerBase,
+    r: Rollout,
+    tokens: list[int],
+    eos_id: int,
+    cfg: RolloutConfig,
+    logprobs: list[float] | None = None,
 ) -> None:
-    """Append one assistant message's tokens (mask 1), let the environment answer, and append what
-    the chat template inserts before the next assistant message (mask 0)."""
+    """Append one assistant message's tokens (mask 1) and their sampling log-probs, let the
+    environment answer, and append what the chat template inserts before the next assistant
+    message (mask 0)."""
     r.completion_ids += tokens
     r.env_mask += [1] * len(tokens)
+    r.logprobs += logprobs if logprobs is not None else [math.nan] * len(tokens)
     ended = bool(tokens) and tokens[-1] == eos_id
     text = tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
     r.messages = r.messages + [{"role": "assistant", "content": text}]
@@ -346,3 +359,4 @@ def _consume(
     r.messages = r.messages + replies
     r.completion_ids += inserted
     r.env_mask += [0] * len(inserted)
+    r.logprobs += [math.nan] * len(inserted)

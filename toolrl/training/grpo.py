@@ -81,14 +81,17 @@ def vllm_generate(trainer: GRPOTrainer, max_new_tokens: int) -> rollout.Generate
     """TRL's vLLM engine as the rollout's generator, when the trainer runs one (TRL syncs the
     policy's weights into it before calling the rollout_func). It samples at `rl.temperature`;
     its length limit is set to one message's (`rollout.max_new_tokens`), not TRL's whole
-    completion's."""
+    completion's. It also returns the engine's log-prob of each sampled token (the first of
+    vLLM's top-k per position, as TRL's own vLLM path reads them)."""
     if not getattr(trainer, "use_vllm", False):
         return None
     trainer.vllm_generation.max_completion_length = max_new_tokens
 
-    def generate(contexts: list[list[int]]) -> list[list[int]]:
-        _, completions, _, _ = trainer.vllm_generation.generate(prompts=contexts, images=None, num_generations=1)
-        return completions
+    def generate(contexts: list[list[int]]) -> tuple[list[list[int]], list[list[float]] | None]:
+        _, completions, logprobs, _ = trainer.vllm_generation.generate(prompts=contexts, images=None, num_generations=1)
+        if logprobs is None:
+            return completions, None
+        return completions, [[math.nan if lp[0] is None else lp[0] for lp in seq] for seq in logprobs]
 
     return generate
 
@@ -161,7 +164,12 @@ class MultiTurnRollout:
         return {
             "prompt_ids": [r.prompt_ids for r in rs],
             "completion_ids": [r.completion_ids for r in rs],
-            "logprobs": None,
+            # With vLLM, TRL corrects each token's importance weight for the engine's mismatch with
+            # the policy. Only policy members are corrected: a hinted member was sampled from
+            # another prompt and an expert's tokens were never sampled; NaN gives a weight of 1.
+            "logprobs": [r.logprobs if r.kind == "policy" else [math.nan] * len(r.completion_ids) for r in rs]
+            if getattr(trainer, "use_vllm", False)
+            else None,
             "env_mask": masks,
             "success": [float(r.success) for r in rs],
         }
@@ -446,9 +454,9 @@ def train(
             max_completion_length=cfg.rollout.max_total_tokens,
             use_vllm=use_vllm(rl),
             vllm_mode="colocate",
-            # The rollout returns no sampling log-probs (its contexts are re-scored by TRL), so
-            # there is nothing to correct the importance weights with.
-            vllm_importance_sampling_correction=False,
+            # On by default in TRL: the rollout returns vLLM's sampling log-probs (NaN where the
+            # tokens came from transformers or were not sampled, which TRL leaves uncorrected).
+            vllm_importance_sampling_correction=True,
             logging_steps=1,
             **{
                 **models.trainer_defaults(ctx.seed, cfg.model.gradient_checkpointing),
