@@ -21,7 +21,15 @@ from toolrl.training import train
 from toolrl.training.checkpoints import STATE, Checkpoints, Preempted
 
 # Timing fields differ from run to run; everything else in a step's record must be identical.
-TIMING = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+TIMING = {
+    "step_time",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "rollout/seconds",
+    "rollout/tokens_per_second",
+    "checkpoint/seconds",
+}
 
 
 class Killed(Exception):

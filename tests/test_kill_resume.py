@@ -35,7 +35,9 @@ CONFIG = {
     "checkpoint": {"save_every": 2, "keep": 2},
 }
 STEPS = 14  # 8 RL steps and two SFT phases of 3
-TIMING = re.compile(r"^(step_time|train_runtime|train_samples_per_second|train_steps_per_second)$")
+TIMING = re.compile(
+    r"^(step_time|train_runtime|train_samples_per_second|train_steps_per_second|.*/seconds|.*/tokens_per_second)$"
+)
 
 
 def _lines(path: Path) -> int:

@@ -54,7 +54,7 @@ RANDOM_WINDOW = (0.0, 12.0)
 SEED = 7
 KILLPOINTS = Path(__file__).resolve().parent / "killpoints"
 # Keys that measure time, not results.
-TIMING = re.compile(r"(^|/)(seconds|wall_seconds|train_seconds|sft_seconds|step_time)$")
+TIMING = re.compile(r"(^|/)(seconds|wall_seconds|train_seconds|sft_seconds|step_time|tokens_per_second)$")
 
 
 @dataclass

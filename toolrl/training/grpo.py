@@ -16,6 +16,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -132,6 +133,7 @@ class MultiTurnRollout:
             self.signal.hint(ctx, self.tasks[p]) if k == "hinted" else None for p, k in zip(prompts, kinds, strict=True)
         ]
         sampled_idx = [i for i, k in enumerate(kinds) if k != "expert"]
+        t0 = time.perf_counter()
         sampled = rollout.run(
             model,
             tok,
@@ -160,6 +162,9 @@ class MultiTurnRollout:
         policy = [r for r in rs if r.kind == "policy"]
         self.last = rollout_metrics(policy)
         self.last["success/with_supervised"] = sum(r.success for r in rs) / len(rs)
+        seconds = time.perf_counter() - t0
+        self.last["rollout/seconds"] = seconds
+        self.last["rollout/tokens_per_second"] = sum(sum(r.env_mask) for r in sampled) / max(seconds, 1e-9)
         masks = self.signal.filter_rollouts(rs, [r.env_mask for r in rs], self.last)
         return {
             "prompt_ids": [r.prompt_ids for r in rs],
@@ -283,12 +288,14 @@ class ToolGRPOTrainer(GRPOTrainer):
         if self.checkpoints is None:
             return
         name = f"checkpoint-{self.state.global_step}"
+        t0 = time.perf_counter()
         with self.checkpoints.staging(name, {"trainer": self.state_dict(), "job": self.job_state()}) as staging:
             self._staging = str(staging)
             try:
                 super()._save_checkpoint(model, trial)
             finally:
                 self._staging = None
+        self.extra["checkpoint/seconds"] = time.perf_counter() - t0  # in the next step's record
 
     def _forward(self, model: torch.nn.Module, examples: list[list[Message]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of chat examples, labels -100 outside the assistant messages."""
