@@ -3,21 +3,30 @@
 scripts/ci_slurm.sh starts slurmctld, slurmd and munge (installing them with apt-get if missing)
 on a node with two fake GPUs; a one-cell sweep then runs with `--workflow-profile
 profiles/slurm`, every job submitted with sbatch. The checks: the sweep finishes, each
-job was its own Slurm job and completed, and the sbatch flags carry the config's resources
-(--gpus=1 on the GPU rules, --mem, -t, -p). Starting the daemons needs root; CI runs as root.
-A dry run through the profile, which needs no Slurm, checks the partition and account lookups."""
+job was its own Slurm job, and the sbatch flags carry the config's resources (--gpus=1 on the
+GPU rules, --mem, -t, -p, and the train jobs' --signal=URG@ warning). The train job is warned
+mid-run as its time limit would warn it (`scancel --signal=URG`, which reaches the job's step
+like `--signal=URG@N`): it saves a checkpoint at the end of its step and exits, Snakemake's
+retry resumes it, and the sweep's results equal those of the same sweep run locally without a
+stop. Starting the daemons needs root; CI runs as root. A dry run through the profile, which
+needs no Slurm, checks the partition and account lookups."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from conftest import ROOT, SNAKEMAKE_ENV, snakemake_command
+from conftest import ROOT, SNAKEMAKE_ENV, run_sweep, snakemake_command
+
+from toolrl.models import model as models
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +34,8 @@ SCRIPT = ROOT / "scripts" / "ci_slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 GPU_RULES = {"warmup", "train", "evaluate"}
 CPU_RULES = {"prepare", "mlflow_init", "aggregate"}
-# One cell, one seed, a few steps of everything: 11 Slurm jobs.
+# One cell, one seed, a few steps of everything: 11 Slurm jobs, and the train job's retry. The
+# train job has enough steps to be warned mid-run, and saves only when warned (save_every: 0).
 TINY = {
     "sweep": {
         "name": "slurm",
@@ -38,7 +48,8 @@ TINY = {
     },
     "world": {"n_warmup_tasks": 200, "n_rl_tasks": 20, "n_eval_tasks": 4},
     "warmup": {"steps": 4, "echo_steps": 2, "echo_replay_until": 3, "eval_every": 0, "batch_size": 4},
-    "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2},
+    "rl": {"steps": 24, "prompts_per_step": 2, "num_generations": 2},
+    "checkpoint": {"save_every": 0},
     "rollout": {"max_new_tokens": 16},
     "aggregate": {"n_resamples": 50},
     "resources": {"gpus": 1, "train_mem_mb": 1000, "eval_mem_mb": 500, "train_runtime": 10, "eval_runtime": 5},
@@ -71,41 +82,67 @@ def slurm(tmp_path_factory):
         subprocess.run(["bash", str(SCRIPT), "stop"], check=False, capture_output=True, text=True, env=env, timeout=120)
 
 
+def _warn_the_train_job(work: Path, sweep: subprocess.Popen) -> str | None:
+    """Once the train job has logged 3 steps, send its Slurm job SIGURG; returns the job id."""
+    log = None
+    while sweep.poll() is None:
+        log = log or next(iter((work / "results" / "slurm" / "runs").rglob("train_log.jsonl")), None)
+        if log is not None and log.exists() and log.read_bytes().count(b"\n") >= 3:
+            q = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i|%k"], capture_output=True, text=True)
+            running = (line.split("|", 1) for line in q.stdout.split())
+            job = next((i for i, comment in running if comment.startswith("rule_train")), None)
+            if job is not None:
+                subprocess.run(["scancel", "--signal=URG", job], check=True, timeout=30)
+                return job
+        time.sleep(0.05)
+    return None
+
+
 @pytest.fixture(scope="module")
 def sweep(slurm, tmp_path_factory):
-    """The tiny sweep through sbatch; returns the work folder and Snakemake's output."""
+    """The tiny sweep through sbatch, its train job warned mid-run; returns the work folder,
+    Snakemake's output and the warned Slurm job's id."""
     work = tmp_path_factory.mktemp("slurm-sweep")
     shutil.copytree(ROOT / "workflow", work / "workflow")
     tiny = work / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
     env = {**SNAKEMAKE_ENV, "TOOLRL_SLURM_PARTITION": "debug", "TOOLRL_SLURM_STATUS_COMMAND": "squeue"}
     env.pop("TOOLRL_SLURM_ACCOUNT", None)
-    p = subprocess.run(
-        snakemake_command(
-            work,
-            ROOT / "config" / "smoke.yaml",
-            tiny,
-            args=(
-                "--workflow-profile",
-                str(PROFILE),
-                "--verbose",
-                # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
-                "--slurm-init-seconds-before-status-checks",
-                "1",
-                "--slurm-keep-successful-logs",
-            ),
+    cmd = snakemake_command(
+        work,
+        ROOT / "config" / "smoke.yaml",
+        tiny,
+        args=(
+            "--workflow-profile",
+            str(PROFILE),
+            "--verbose",
+            # Poll soon: these jobs take seconds, not hours. Keep the job logs for the failure report.
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--slurm-keep-successful-logs",
         ),
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1500,
     )
-    out = p.stdout + p.stderr  # Snakemake logs to both
+    with (work / "snakemake.out").open("w+") as out_file:
+        p = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            warned = _warn_the_train_job(work, p)
+            p.wait(timeout=1500)
+        finally:
+            p.kill()
+        out_file.seek(0)
+        out = out_file.read()
     if p.returncode != 0:
         logs = "\n".join(f"== {f}\n{f.read_text()[-2000:]}" for f in sorted(work.rglob("*.log")))
-        pytest.fail(f"snakemake under Slurm failed:\n{p.stderr[-6000:]}\n{logs[-20000:]}")
-    return work, out
+        pytest.fail(f"snakemake under Slurm failed:\n{out[-6000:]}\n{logs[-20000:]}")
+    return work, out, warned
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The same sweep run locally, straight through."""
+    work = tmp_path_factory.mktemp("local-sweep")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return run_sweep(work, ROOT / "config" / "smoke.yaml", work / "tiny.yaml", sweep="slurm")[0]
 
 
 def test_profile_reads_partition_account_and_gpus_without_slurm(tmp_path):
@@ -141,7 +178,7 @@ def _sbatch_calls(out: str) -> dict[str, list[str]]:
 
 @pytest.mark.slurm
 def test_sweep_finishes_through_slurm(sweep):
-    work, _ = sweep
+    work, _, _ = sweep
     d = work / "results" / "slurm"
     assert (d / "tables" / "main.md").exists()
     assert len(list((d / "runs").rglob("eval/*.json"))) == 3
@@ -150,14 +187,14 @@ def test_sweep_finishes_through_slurm(sweep):
 
 @pytest.mark.slurm
 def test_sbatch_flags_carry_the_resources(sweep):
-    _, out = sweep
+    _, out, _ = sweep
     calls = _sbatch_calls(out)
     assert set(calls) == GPU_RULES | CPU_RULES, sorted(calls)
     assert {r: len(c) for r, c in calls.items()} == {
         "prepare": 1,
         "mlflow_init": 1,
         "warmup": 1,
-        "train": 1,
+        "train": 2,  # warned, then retried
         "evaluate": 3 + 3,
         "aggregate": 1,
     }  # cell, base
@@ -177,14 +214,18 @@ def test_sbatch_flags_carry_the_resources(sweep):
             assert f" -t {minutes} " in line, line
             assert " -A " not in line, line  # no account set: none sent
             assert ("--gpus=1" in line) == (rule in GPU_RULES), line
+    # A quarter of the 10-minute limit: the default lead (600 s) would warn the job at its start.
+    assert all("--signal=URG@150" in line for line in calls["train"])
+    assert not any("--signal" in line for rule in calls if rule != "train" for line in calls[rule])
     assert all("--cpus-per-task=2" in line for line in calls["warmup"])
     assert all("--cpus-per-task=1" in line for line in calls["train"] + calls["evaluate"])
 
 
 @pytest.mark.slurm
 def test_each_job_was_its_own_slurm_job(sweep):
-    """squeue still lists finished jobs (MinJobAge=600): one COMPLETED Slurm job per rule job."""
-    _, out = sweep
+    """squeue still lists finished jobs (MinJobAge=600): one Slurm job per rule job, each
+    COMPLETED but the warned train job."""
+    _, out, warned = sweep
     n_calls = sum(len(c) for c in _sbatch_calls(out).values())
     ids = set(re.findall(r"submitted with SLURM jobid (\d+)", out))
     assert len(ids) == n_calls, out[-3000:]
@@ -193,5 +234,29 @@ def test_each_job_was_its_own_slurm_job(sweep):
     ).stdout
     jobs = {i: (state, comment) for i, state, comment in (line.split("|", 2) for line in q.split())}
     assert ids <= set(jobs), (ids, jobs)
-    assert {jobs[i][0] for i in ids} == {"COMPLETED"}, jobs
+    assert warned in ids and jobs[warned][0] == "FAILED", jobs  # it exited 75 for the retry
+    assert {jobs[i][0] for i in ids - {warned}} == {"COMPLETED"}, jobs
     assert {jobs[i][1].split("_wildcards")[0].removeprefix("rule_") for i in ids} == GPU_RULES | CPU_RULES
+
+
+@pytest.mark.slurm
+def test_a_warned_train_job_resumes_and_the_results_equal_an_uninterrupted_run(sweep, uninterrupted):
+    work, _, warned = sweep
+    assert warned is not None, "the train job ended before it could be warned"
+    a, b = uninterrupted, work / "results" / "slurm"
+    [log] = (b / "logs" / "train").rglob("*.log")
+    assert "resuming" in log.read_text()  # the retry's log (the warned attempt's was replaced)
+    [cell] = [p.parent.relative_to(a) for p in (a / "runs").rglob("run.json")]
+    assert json.loads((b / cell / "run.json").read_text())["resumed"]
+    timing = re.compile(r"(seconds|step_time|train_runtime|_per_second)$")
+
+    def rows(d: Path) -> list[dict]:
+        lines = (d / cell / "train_log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if not timing.search(k)} for x in lines]
+
+    assert len(rows(a)) == TINY["rl"]["steps"] and rows(a) == rows(b)
+    wa, wb = (models.load(d / cell / "model")[0].state_dict() for d in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert [g["splits"] for g in sa["groups"]] == [g["splits"] for g in sb["groups"]]
+    assert (a / "tables" / "main.md").read_text() == (b / "tables" / "main.md").read_text()

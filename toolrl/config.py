@@ -501,7 +501,7 @@ class CheckpointConfig:
     save_every: int = field(
         default=4,
         metadata={
-            "help": "save a train job's full state every this many steps (0: only on SIGTERM/SIGUSR1)",
+            "help": "save a train job's full state every this many steps (0: only on SIGURG, SIGUSR1 or SIGTERM)",
             "minimum": 0,
         },
     )
@@ -565,6 +565,22 @@ class ResourcesConfig:
     eval_runtime: int = field(
         default=30, metadata={"help": "wall-time limit of each evaluate job, in minutes", "minimum": 1}
     )
+    # How long before its time limit Slurm warns a train job (SIGURG), which then ends its step,
+    # saves a checkpoint and exits for the retry to resume it. At most a quarter of train_runtime,
+    # so that a short job is not warned at its start.
+    train_signal_lead: int = field(
+        default=600,
+        metadata={
+            "help": "seconds before its time limit that Slurm warns a train job to checkpoint and stop "
+            "(at most a quarter of train_runtime)",
+            "minimum": 1,
+        },
+    )
+
+    @property
+    def signal_lead(self) -> int:
+        """The lead actually asked for, in seconds."""
+        return min(self.train_signal_lead, self.train_runtime * 60 // 4)
 
 
 @dataclass
@@ -746,6 +762,7 @@ def validate(cfg: Config) -> None:
         ("resources.warmup_threads", cfg.resources.warmup_threads),
         ("resources.train_runtime", cfg.resources.train_runtime),
         ("resources.eval_runtime", cfg.resources.eval_runtime),
+        ("resources.train_signal_lead", cfg.resources.train_signal_lead),
     ):
         check(val > 0, key, f"must be > 0, got {val}")
     check(cfg.resources.gpus >= 0, "resources.gpus", f"must be >= 0, got {cfg.resources.gpus}")

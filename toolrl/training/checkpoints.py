@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
 STATE = "toolrl_state.json"
 BEFORE_RL = "before-rl"  # the model after a scheme's SFT that runs before GRPO (sequential)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGURG is the one a Slurm job should be warned with (profiles/slurm): every process between the
+# batch script and this one (sh, Snakemake, srun, bash) ignores it by default, where SIGUSR1 would
+# kill them, and with them this job. SIGTERM is what a cancel, a preemption or the time limit sends.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
 
 
 class Preempted(InterruptedError):
@@ -129,9 +132,9 @@ class Checkpoints:
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR1 ask the job to stop: the trainer saves a checkpoint at the end of the
-    step it is in and the job exits (`Preempted`). A cluster sends one of them before a time
-    limit or a preemption (profiles/slurm asks for SIGUSR1); a second SIGTERM kills at once."""
+    """SIGURG, SIGUSR1 and SIGTERM ask the job to stop: the trainer saves a checkpoint at the end
+    of the step it is in and the job exits (`Preempted`). profiles/slurm asks Slurm for SIGURG
+    before the time limit; a second SIGTERM kills at once."""
 
     def __init__(self) -> None:
         self.received: str | None = None

@@ -32,10 +32,10 @@ def run(
     checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one cell into `out_dir`, passing each step's record to `on_step`. With
-    `checkpoint_dir` the job's state is saved there (`checkpoint.save_every`, and on SIGTERM or
-    SIGUSR1, after which `Preempted` is raised), and a job started again resumes from its latest
-    checkpoint: the records up to it are passed to `on_step` again first, so the caller's log is
-    whole. The folder is removed once the model is saved."""
+    `checkpoint_dir` the job's state is saved there (`checkpoint.save_every`, and on a stop
+    signal, `checkpoints.StopSignals`, after which `Preempted` is raised), and a job started
+    again resumes from its latest checkpoint: the records up to it are passed to `on_step` again
+    first, so the caller's log is whole. The folder is removed once the model is saved."""
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Checkpoints(

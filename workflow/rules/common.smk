@@ -59,6 +59,11 @@ def data_dir(wildcards, input):
 
 # A GGUF model is converted once (rule convert_model) and the warm-up starts from the result.
 PRETRAINED = [f"{SWEEP}/pretrained"] if is_gguf(CFG.model.name_or_path) else []
+# On Slurm (snakemake-executor-plugin-slurm) a train job is warned with SIGURG before its time
+# limit, and checkpoints and exits; other executors ignore the resource. SIGURG: every process
+# between the batch script and the job ignores it (SIGUSR1 would kill them); no `B:`, which would
+# signal the batch shell alone.
+TRAIN_SLURM_EXTRA = f"'--signal=URG@{CFG.resources.signal_lead}'"
 CELL = "signal={signal}/scheme={scheme}/lr={lr}/seed={seed}"
 CELL_WILDCARDS = {"signal": "[a-z_]+", "scheme": "[a-z]+", "lr": "[0-9.e+-]+", "seed": "[0-9]+"}
 RUN_DIRS = expand(

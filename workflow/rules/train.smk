@@ -48,6 +48,7 @@ rule train:
         mem_mb=CFG.resources.train_mem_mb,
         runtime=CFG.resources.train_runtime,
         gpu=CFG.resources.gpus,
+        slurm_extra=TRAIN_SLURM_EXTRA,
     log:
         f"{SWEEP}/logs/train/{CELL}.log",
     conda:
