@@ -181,8 +181,8 @@ def trainer_defaults(seed: int, gradient_checkpointing: bool = False) -> dict[st
     """TrainingArguments shared by every SFT and GRPO run. bf16 only where the GPU has it (TRL's
     default does not run on a CPU); gradient checkpointing only when the config asks
     (`model.gradient_checkpointing`: a 1.5B model's 16k-token rollouts need it, the tiny model
-    would only run slower); checkpoints are written by the stage, atomically, never by the
-    trainer; every random choice is seeded."""
+    would only run slower); no checkpoints unless a stage asks (GRPO's go through
+    `training.checkpoints`, atomically); every random choice is seeded."""
     on_gpu = torch.cuda.is_available()
     return {
         "use_cpu": not on_gpu,

@@ -492,10 +492,8 @@ def train(
             trainer.load_state_dict(checkpoints.state(resume)["trainer"])
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     if stop is not None and stop.received and trainer.state.global_step < plan.total:
-        raise Preempted(
-            f"stopped on {stop.received} after step {trainer.state.global_step} of {plan.total}; "
-            "a checkpoint was saved, running the job again resumes from it"
-        )
+        saved = "a checkpoint was saved, running the job again resumes from it" if checkpoints else "nothing saved"
+        raise Preempted(f"stopped on {stop.received} after step {trainer.state.global_step} of {plan.total}; {saved}")
     return trainer
 
 
