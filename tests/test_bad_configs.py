@@ -41,7 +41,7 @@ TABLE: list[tuple[dict, str]] = [
     (
         {"sweep": {"signals": ["magic"]}},
         "config key 'sweep.signals': unknown value 'magic' "
-        "(choose from ctrl, ets, hbg, none, ops, prs, sft, void_filter)",
+        "(choose from ctrl, ets, hbg, none, ops, prs, random_reward, sft, void_filter)",
     ),
     (
         {"sweep": {"schemes": ["sometimes"]}},

@@ -102,6 +102,37 @@ def test_void_filter_drops_void_trajectories_from_the_loss(splits, tokenizer, mo
         assert m == p or i in dropped
 
 
+def test_random_reward_permutes_each_steps_rewards(splits, tokenizer, model, monkeypatch):
+    """The control's rewards are the step's outcomes in another order: the same multiset, rarely
+    the same order, drawn afresh each step and again the same on a rerun of that step. The
+    logged success stays the checker's."""
+    tasks = splits["rl"][:4]
+    outcomes = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]  # four groups of two
+    real_run = rollout.run
+
+    def run(*args, **kwargs):
+        rs = real_run(*args, **kwargs)
+        for r, ok in zip(rs, outcomes, strict=True):  # the checker's verdict, set
+            r.episode.truncated, r.episode.turn_ok = not ok, [True] * len(r.episode.task.turns)
+        return rs
+
+    monkeypatch.setattr(rollout, "run", run)
+    draws = []
+    for step in range(4):
+        source = _source(tokenizer, tasks, Config(), "random_reward", ROLL, RLConfig(num_generations=2))
+        source.rl_steps = step
+        out = _call(source, model, _group_prompts(tasks, 2), step=step)
+        assert sorted(out["success"]) == sorted(outcomes)
+        assert source.last["success"] == pytest.approx(sum(outcomes) / len(outcomes))
+        draws.append(out["success"])
+    assert sum(d != outcomes for d in draws) >= 3 and len({tuple(d) for d in draws}) >= 3
+    again = _source(tokenizer, tasks, Config(), "random_reward", ROLL, RLConfig(num_generations=2))
+    again.rl_steps = 3
+    assert _call(again, model, _group_prompts(tasks, 2), step=3)["success"] == draws[3]
+    vanilla = _source(tokenizer, tasks, Config(), "none", ROLL, RLConfig(num_generations=2))
+    assert _call(vanilla, model, _group_prompts(tasks, 2))["success"] == outcomes
+
+
 def test_ets_selects_exactly_the_failed_tasks():
     log = FailureLog()
     log.add(GroupOutcome(1, "a", [True, False], None))

@@ -134,6 +134,11 @@ class Signal(Plugin):
         """The loss masks of a step's rollouts (in group order); may add to the step's `metrics`."""
         return masks
 
+    def rewards(self, ctx: CellContext, rollouts: list[Rollout], rewards: list[float], rl_step: int) -> list[float]:
+        """The reward of each of RL step `rl_step`'s rollouts (in group order), given the checker's
+        0/1 outcomes `rewards`. The logged success stays the checker's."""
+        return rewards
+
     def loss_terms(self, ctx: CellContext) -> list[LossTerm]:
         return []
 

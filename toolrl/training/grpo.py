@@ -176,7 +176,7 @@ class MultiTurnRollout:
             if getattr(trainer, "use_vllm", False)
             else None,
             "env_mask": masks,
-            "success": [float(r.success) for r in rs],
+            "success": self.signal.rewards(ctx, rs, [float(r.success) for r in rs], self.rl_steps),
         }
 
     def _record(self, prompts: list[str], rs: list[rollout.Rollout]) -> None:
