@@ -29,6 +29,7 @@ TIMING = {
     "rollout/seconds",
     "rollout/tokens_per_second",
     "checkpoint/seconds",
+    "probe/seconds",
 }
 
 

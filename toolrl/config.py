@@ -382,6 +382,14 @@ class DiagnosticsConfig:
         default_factory=_default_forbid,
         metadata={"help": "the collapsed patterns: tokens forbidden right after a token"},
     )
+    # Read by train jobs but in no job's hash: the probes observe, they change no weight.
+    probe_tasks: int = field(
+        default=16,
+        metadata={
+            "help": "expert trajectories teacher-forced through the model at every RL step (probe/* metrics; 0: off)",
+            "minimum": 0,
+        },
+    )
 
 
 @dataclass

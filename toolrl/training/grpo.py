@@ -32,6 +32,7 @@ from toolrl.config import Config, RLConfig, RolloutConfig
 from toolrl.core import rollout
 from toolrl.core.diagnostics import STATES
 from toolrl.core.episode import Message
+from toolrl.core.expert_probe import ExpertProbe
 from toolrl.core.supervision import ExpertPool, FailureLog, GroupOutcome, encode_examples, token_weights, weighted_nll
 from toolrl.envs.base import Task
 from toolrl.formats import Format
@@ -123,6 +124,20 @@ class MultiTurnRollout:
         self.failures = FailureLog()
         self.rl_steps = 0
         self.last: dict[str, float] = {}
+        n = ctx.cfg.diagnostics.probe_tasks
+        self.probe = (
+            ExpertProbe.build(
+                ctx.tokenizer,
+                list(ctx.tasks.values()),
+                ctx.fmt,
+                n,
+                seed=ctx.cfg.world.seed,  # the same trajectories in every cell of the sweep
+                control_ids=rollout.control_token_ids(ctx.tokenizer),
+                value_ids=ctx.value_ids.tolist(),
+            )
+            if n
+            else None
+        )
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         torch.manual_seed(self.ctx.seed * 1_000_003 + trainer.state.global_step)
@@ -162,6 +177,10 @@ class MultiTurnRollout:
         policy = [r for r in rs if r.kind == "policy"]
         self.last = rollout_metrics(policy)
         self.last["success/with_supervised"] = sum(r.success for r in rs) / len(rs)
+        if self.probe is not None:  # the policy this step's rollouts were sampled from
+            t1 = time.perf_counter()
+            self.last.update(self.probe.measure(model))
+            self.last["probe/seconds"] = time.perf_counter() - t1
         seconds = time.perf_counter() - t0
         self.last["rollout/seconds"] = seconds
         self.last["rollout/tokens_per_second"] = sum(sum(r.env_mask) for r in sampled) / max(seconds, 1e-9)
