@@ -70,6 +70,7 @@ def test_stable_run_is_not_collapse():
     r = detect(_log([0.5, 0.6, 0.5, 0.6, 0.5, 0.6, 0.5]), window=3, reward_drop=0.5, token_shift=0.3)
     assert r == {
         "collapsed": False,
+        "mode": None,
         "step": None,
         "baseline_success": pytest.approx(1.6 / 3),
         "min_success": pytest.approx(1.6 / 3),
@@ -184,3 +185,36 @@ def test_series_sums_keys_and_skips_incomplete_steps():
     rows[4]["state/text_pollution"], rows[4]["state/full_collapse"] = 0.0, 0.0
     assert series(rows, ("state/text_pollution", "state/full_collapse")) == {2: 0.75, 4: 0.0}
     assert series(rows, ("success",)) == {2: 0.5, 3: 0.5, 4: 0.5}
+
+
+# A content collapse: success falls from 0.6 to 0.1 while the share of polluted messages rises from
+# 0.05 to 0.7 and every control-token probe stays healthy.
+CONTENT_SUCCESS = [0.6, 0.6, 0.6, 0.1, 0.1, 0.1]
+POLLUTED = {"state/text_pollution": [0.05, 0.05, 0.05, 0.6, 0.7, 0.7], "state/full_collapse": [0.0] * 6}
+
+
+def test_a_content_collapse_is_found_only_by_the_second_detector():
+    r = detect(_log(CONTENT_SUCCESS, POLLUTED), window=2, reward_drop=0.5, token_shift=0.3, pollution_rise=0.3)
+    assert (r["collapsed"], r["mode"], r["step"], r["probe"]) == (True, "content", 4, "pollution")
+    assert r["shift"] == pytest.approx(0.65 - 0.05)
+    # The token detector alone misses it, as the one vanilla seed of the tiny model was missed.
+    assert detect(_log(CONTENT_SUCCESS, POLLUTED), window=2, reward_drop=0.5, token_shift=0.3)["collapsed"] is False
+    # A rise below the threshold, or pollution without a success drop, is not a collapse.
+    assert not detect(_log(CONTENT_SUCCESS, POLLUTED), window=2, reward_drop=0.5, token_shift=0.3, pollution_rise=0.7)[
+        "collapsed"
+    ]
+    steady = [0.6] * 6
+    assert not detect(_log(steady, POLLUTED), window=2, reward_drop=0.5, token_shift=0.3, pollution_rise=0.3)[
+        "collapsed"
+    ]
+
+
+def test_a_token_shift_makes_it_a_token_collapse():
+    probes = {**POLLUTED, "p_tool_call/first": [0.95, 0.95, 0.95, 0.1, 0.1, 0.1]}
+    r = detect(_log(CONTENT_SUCCESS, probes), window=2, reward_drop=0.5, token_shift=0.3, pollution_rise=0.3)
+    assert (r["mode"], r["probe"]) == ("token", "p_tool_call/first")
+
+
+def test_pollution_rise_must_be_a_share():
+    with pytest.raises(ValueError, match="pollution_rise"):
+        detect(_log(CONTENT_SUCCESS, POLLUTED), window=2, reward_drop=0.5, token_shift=0.3, pollution_rise=0.0)

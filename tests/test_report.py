@@ -386,7 +386,7 @@ def test_summary_collapse_per_seed_and_restored(diagnosed):
     loaded = json.loads((sweep / "summary.json").read_text())
     assert loaded == json.loads(json.dumps(summary))
     assert loaded["restored_splits"] == ["id"]
-    assert loaded["diagnostics"] == {"window": 2, "reward_drop": 0.5, "token_shift": 0.3}
+    assert loaded["diagnostics"] == {"window": 2, "reward_drop": 0.5, "token_shift": 0.3, "pollution_rise": 0.3}
     groups = {g["name"]: g for g in loaded["groups"]}
     sft = groups["sft/rl/lr=1e-4"]["collapse"]
     assert (sft["collapsed"], sft["runs"]) == (2, 3)
@@ -396,6 +396,7 @@ def test_summary_collapse_per_seed_and_restored(diagnosed):
     assert per_seed[0]["probe"] == "p_tool_call/first" and per_seed[0]["shift"] == pytest.approx(-0.93)
     assert per_seed[2]["probe"] == "p_im_end/after_tool_call" and per_seed[2]["shift"] == pytest.approx(0.95)
     assert per_seed[1]["collapsed"] is False and per_seed[0]["baseline_success"] == pytest.approx(0.7)
+    assert [per_seed[s]["mode"] for s in (0, 1, 2)] == ["token", None, "token"] and sft["content"] == 0
     assert groups["none/rl/lr=1e-4"]["collapse"]["collapsed"] == 0
     assert groups["base"]["collapse"] is None
     restored = groups["sft/rl/lr=1e-4"]["restored"]
@@ -429,12 +430,20 @@ def test_detector_thresholds_are_passed_through(tmp_path):
     from toolrl.config import DiagnosticsConfig
 
     sweep = _diagnosed_sweep(tmp_path)
-    strict = aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(token_shift=0.99))
+    strict = aggregate(
+        sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(token_shift=0.99, pollution_rise=1.0)
+    )
     assert strict["diagnostics"]["token_shift"] == 0.99
     assert [g["collapse"]["collapsed"] for g in strict["groups"][1:]] == [0, 0]
     assert (
         "0/3" in (sweep / "tables" / "main.md").read_text() and "2/3" not in (sweep / "tables" / "main.md").read_text()
     )
+    # No token shift counts, but the collapsed runs' messages turned to pollution (0.05 → 0.9):
+    # the second detector calls them content collapses.
+    content = aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(token_shift=0.99))
+    sft = content["groups"][2]["collapse"]
+    assert (sft["collapsed"], sft["content"]) == (2, 2)
+    assert "2/3 (2 content)" in (sweep / "tables" / "main.md").read_text()
     # A window as long as the run leaves no step to judge.
     assert (
         aggregate(sweep, BASELINE, n_resamples=100, diagnostics=DiagnosticsConfig(window=8))["groups"][2]["collapse"][
@@ -477,7 +486,7 @@ def test_cmd_aggregate_reads_diagnostics_from_config(tmp_path):
         assert metrics["id/success"] == want and "content_ood/success" in metrics
         assert "id/restored_success" in metrics
     summary = json.loads((sweep / "summary.json").read_text())
-    assert summary["diagnostics"] == {"window": 3, "reward_drop": 0.8, "token_shift": 0.5}
+    assert summary["diagnostics"] == {"window": 3, "reward_drop": 0.8, "token_shift": 0.5, "pollution_rise": 0.3}
     sft = next(g for g in summary["groups"] if g["name"] == "sft/rl/lr=1e-4")["collapse"]
     # window 3: rolling success (0.7 + 0.1 + 0.1)/3 = 0.3 > 0.2 × 0.7, so it fires one step later.
     assert sft["collapsed"] == 2 and [p["step"] for p in sft["per_seed"]] == [11, None, 11]

@@ -370,6 +370,15 @@ class DiagnosticsConfig:
         default=0.3,
         metadata={"help": "absolute control-token probability shift that counts", "maximum": 1, "exclusiveMinimum": 0},
     )
+    pollution_rise: float = field(
+        default=0.3,
+        metadata={
+            "help": "rise of polluted and empty messages that, with the success drop and no token shift, "
+            "counts as a content collapse",
+            "maximum": 1,
+            "exclusiveMinimum": 0,
+        },
+    )
     restore_splits: list[str] = field(
         default_factory=lambda: ["id"],
         metadata={
@@ -826,6 +835,7 @@ def _validate_plugins(cfg: Config) -> None:
     check(diag.window > 0, "diagnostics.window", "must be > 0")
     check(0 < diag.reward_drop <= 1, "diagnostics.reward_drop", "must be in (0, 1]")
     check(0 < diag.token_shift <= 1, "diagnostics.token_shift", "must be in (0, 1]")
+    check(0 < diag.pollution_rise <= 1, "diagnostics.pollution_rise", "must be in (0, 1]")
     for s in diag.restore_splits:
         check(s in SPLITS, "diagnostics.restore_splits", f"unknown split '{s}' (choose from {', '.join(SPLITS)})")
     for i, r in enumerate(diag.forbid):

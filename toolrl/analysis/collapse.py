@@ -47,6 +47,10 @@ CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text_pollution + full_collapse", ("state/text_pollution", "state/full_collapse")),
 )
 
+# The share of a step's messages that are not healthy: what rises in a content collapse (the JSON
+# inside the tags turns to garbage) while the control-token probes stay where they were.
+POLLUTION = ("state/text_pollution", "state/full_collapse")
+
 # Success and probes are means of ratios; a threshold that is hit exactly (0.9 → 0.6 with a shift
 # of 0.3) must not depend on the last bit of a float subtraction.
 _EPS = 1e-9
@@ -78,8 +82,14 @@ def _check_thresholds(window: int, reward_drop: float, token_shift: float) -> No
         raise ValueError(f"token_shift must be in (0, 1], got {token_shift!r}")
 
 
-def detect(rows: Sequence[Mapping[str, Any]], window: int, reward_drop: float, token_shift: float) -> dict[str, Any]:
-    """Find the first step at which one run collapsed.
+def detect(
+    rows: Sequence[Mapping[str, Any]],
+    window: int,
+    reward_drop: float,
+    token_shift: float,
+    pollution_rise: float | None = None,
+) -> dict[str, Any]:
+    """Find the first step at which one run collapsed, and how.
 
     baseline = mean success of the first `window` RL steps. At every later RL step (the
     `window`+1-th on), the rolling mean over the last `window` RL steps is compared with it: the
@@ -89,13 +99,22 @@ def detect(rows: Sequence[Mapping[str, Any]], window: int, reward_drop: float, t
     (absolute) from its mean over the first `window` RL steps. Missing probe values are skipped;
     a probe with no value in either window is not compared at that step.
 
-    Returns `collapsed`, `step` (the global step, or None), `baseline_success`, `min_success`
-    (the lowest rolling success of the run, the first window included), and `probe` / `shift`:
-    the probe that moved most at the collapse step and its signed shift (None when not collapsed).
+    That is `mode` "token", the paper's. With `pollution_rise`, a second detector: at a step
+    where success has dropped as above but no probe has moved by `token_shift`, the run is
+    collapsed in `mode` "content" if the share of polluted and empty messages (`POLLUTION`, as
+    a rolling mean) has risen by at least `pollution_rise` from its first window: the calls
+    break inside their tags while the control tokens stay where they were.
+
+    Returns `collapsed`, `mode` ("token", "content" or None), `step` (the global step, or
+    None), `baseline_success`, `min_success` (the lowest rolling success of the run, the first
+    window included), and `probe` / `shift`: what moved most at the collapse step and its
+    signed shift (the probe; for a content collapse "pollution"; None when not collapsed).
     Raises ValueError on a log without RL rows or an RL row without a numeric `success`: a run
     that cannot be judged must not count as healthy.
     """
     _check_thresholds(window, reward_drop, token_shift)
+    if pollution_rise is not None and not 0.0 < pollution_rise <= 1.0:
+        raise ValueError(f"pollution_rise must be in (0, 1], got {pollution_rise!r}")
     rl = rl_rows(rows)
     if not rl:
         raise ValueError("the log has no RL rows (phase 'rl')")
@@ -106,12 +125,16 @@ def detect(rows: Sequence[Mapping[str, Any]], window: int, reward_drop: float, t
             raise ValueError(f"RL row at step {r.get('step')!r} has no numeric 'success'")
         success.append(s)
     probes = {k: [_number(r.get(k)) for r in rl] for k in PROBES}
+    parts = [[_number(r.get(k)) for k in POLLUTION] for r in rl]
+    pollution = [sum(v) if all(x is not None for x in v) else None for v in parts]  # type: ignore[misc]
 
     head = min(window, len(rl))
     baseline = sum(success[:head]) / head
     start = {k: _mean(v[:head]) for k, v in probes.items()}
+    start_pollution = _mean(pollution[:head])
     result: dict[str, Any] = {
         "collapsed": False,
+        "mode": None,
         "step": None,
         "baseline_success": baseline,
         "min_success": baseline,
@@ -129,11 +152,14 @@ def detect(rows: Sequence[Mapping[str, Any]], window: int, reward_drop: float, t
             for k, v in probes.items()
             if start[k] is not None and (now := _mean(v[lo : i + 1])) is not None
         }
-        if not shifts:
-            continue
-        probe = max(shifts, key=lambda k: abs(shifts[k]))
-        if abs(shifts[probe]) >= token_shift - _EPS:
-            result.update(collapsed=True, step=int(rl[i]["step"]), probe=probe, shift=shifts[probe])
+        probe = max(shifts, key=lambda k: abs(shifts[k])) if shifts else None
+        if probe is not None and abs(shifts[probe]) >= token_shift - _EPS:
+            result.update(collapsed=True, mode="token", step=int(rl[i]["step"]), probe=probe, shift=shifts[probe])
+        elif pollution_rise is not None and start_pollution is not None:
+            now_pollution = _mean(pollution[lo : i + 1])
+            if now_pollution is not None and now_pollution - start_pollution >= pollution_rise - _EPS:
+                rise = now_pollution - start_pollution
+                result.update(collapsed=True, mode="content", step=int(rl[i]["step"]), probe="pollution", shift=rise)
     return result
 
 
@@ -147,4 +173,4 @@ def series(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[int, 
     return out
 
 
-__all__ = ["CURVES", "PROBES", "detect", "rl_rows", "series"]
+__all__ = ["CURVES", "POLLUTION", "PROBES", "detect", "rl_rows", "series"]

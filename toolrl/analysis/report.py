@@ -124,7 +124,7 @@ def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any]
     for i, row in enumerate(rows, 1):
         require(path, row, "step", int, f" line {i}")
     try:
-        verdict = detect(rows, diag.window, diag.reward_drop, diag.token_shift)
+        verdict = detect(rows, diag.window, diag.reward_drop, diag.token_shift, diag.pollution_rise)
     except ValueError as e:
         raise ValueError(f"training log {path}: {e}") from None
     return verdict, {title: series(rows, keys) for title, keys in CURVES}
@@ -289,7 +289,8 @@ def _compare_all(
 
 
 def _collapse_record(g: Group) -> dict[str, Any] | None:
-    """Collapsed runs over the runs with a training log, and each seed's verdict (None: no log)."""
+    """Collapsed runs over the runs with a training log (`content`: how many of them in the
+    content mode), and each seed's verdict (None: no log)."""
     if g.name == BASE:
         return None
     per_seed = [
@@ -297,7 +298,12 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
         for c, r in zip(g.cells, g.runs, strict=True)
     ]
     judged = [p for p in per_seed if p["collapsed"] is not None]
-    return {"collapsed": sum(p["collapsed"] for p in judged), "runs": len(judged), "per_seed": per_seed}
+    return {
+        "collapsed": sum(p["collapsed"] for p in judged),
+        "content": sum(p.get("mode") == "content" for p in judged),
+        "runs": len(judged),
+        "per_seed": per_seed,
+    }
 
 
 def _paper_record(paper: str | None, first: Cell | None) -> dict[str, Any] | None:
@@ -431,7 +437,12 @@ def aggregate(
         "power": power,
         "n_resamples": n_resamples,
         "seed": seed,
-        "diagnostics": {"window": diag.window, "reward_drop": diag.reward_drop, "token_shift": diag.token_shift},
+        "diagnostics": {
+            "window": diag.window,
+            "reward_drop": diag.reward_drop,
+            "token_shift": diag.token_shift,
+            "pollution_rise": diag.pollution_rise,
+        },
         "paper": paper,
         "groups": records,
     }

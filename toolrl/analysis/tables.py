@@ -54,12 +54,15 @@ def _correction_words(correction: str) -> str:
 
 
 def _collapse_rate(g: dict[str, Any]) -> str:
-    """ "2/3": collapsed runs over the runs with a training log; "—" for the base model (no RL),
-    "n/a" for a group without any log."""
+    """ "2/3": collapsed runs over the runs with a training log, "2/3 (1 content)" when some were
+    content collapses; "—" for the base model (no RL), "n/a" for a group without any log."""
     c = g["collapse"]
     if c is None:
         return "—"
-    return f"{c['collapsed']}/{c['runs']}" if c["runs"] else "n/a"
+    if not c["runs"]:
+        return "n/a"
+    content = c.get("content", 0)
+    return f"{c['collapsed']}/{c['runs']}" + (f" ({content} content)" if content else "")
 
 
 def few_seed_groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,8 +76,14 @@ def _diagnostics_caption(summary: dict[str, Any], code: str = "`") -> str:
         f" {code}collapsed{code}: runs in which the collapse detector fired, over the group's runs with a "
         f"training log: success (rolling mean over {d['window']} RL steps) fell to at most "
         f"{100 * (1 - d['reward_drop']):g}% of its first-{d['window']}-step mean while a control-token "
-        f"probability moved by at least {d['token_shift']:g} (absolute) from its start."
+        f"probability moved by at least {d['token_shift']:g} (absolute) from its start"
     )
+    if d.get("pollution_rise") is not None:
+        text += (
+            f", or, with no such move, the share of polluted and empty messages rose by at least "
+            f"{d['pollution_rise']:g} (a content collapse, counted in brackets)"
+        )
+    text += "."
     if summary["restored_splits"]:
         text += (
             f" {code}<split> restored{code}: the same greedy evaluation with the collapsed control-token "
