@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def test_a_job_stopped_and_started_again_ends_as_if_never_stopped(job, signal_, 
     name = f"{signal_}-{scheme}"
     straight, report = _run(job, cfg, cell, f"{name}-straight")
     assert not report["resumed"] and not (job / f"{name}-straight" / "ckpt").exists()
+    # Each record goes to MLflow as train/<key>: every key must be a name MLflow accepts.
+    assert all(re.fullmatch(r"[\w\-. :/]+", k) for row in straight for k in row)
     # Stops at seeded-random GRPO steps (the last rl.steps records are GRPO's in every scheme),
     # counted in records of the attempt, the resumed ones included.
     rng = random.Random(f"{signal_}/{scheme}")

@@ -5,6 +5,7 @@ a model off by one position, or one that always says <tool_call>, must read othe
 from __future__ import annotations
 
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -59,24 +60,26 @@ def test_the_masks_mark_each_expert_message_and_call(probe, tokenizer, splits):
 def test_an_exact_model_reads_calls_and_replies_apart(probe, tokenizer):
     vocab = len(tokenizer)
     exact = probe.measure(Scripted(vocab, lambda ids, t: int(ids[t + 1])))
-    assert exact["probe/p_tool_call@call"] == pytest.approx(1.0)
-    assert exact["probe/p_tool_call@reply"] == pytest.approx(0.0, abs=1e-9)
-    assert exact["probe/p_im_end@after_call"] == pytest.approx(0.0, abs=1e-9)
-    assert exact["probe/p_content@after_call"] == pytest.approx(1.0)
+    assert exact["probe/p_tool_call/call"] == pytest.approx(1.0)
+    assert exact["probe/p_tool_call/reply"] == pytest.approx(0.0, abs=1e-9)
+    assert exact["probe/p_im_end/after_call"] == pytest.approx(0.0, abs=1e-9)
+    assert exact["probe/p_content/after_call"] == pytest.approx(1.0)
     assert exact["probe/value_accuracy"] == 1.0 and exact["probe/expert_nll"] < 1e-6
+    # Every name is one MLflow accepts (alphanumerics, _ - . : / and spaces).
+    assert all(re.fullmatch(r"[\w\-. :/]+", k) for k in exact), sorted(exact)
 
     # Off by one position (predicts the token it sees): the call positions read the header's
     # last token, not <tool_call>.
     shifted = probe.measure(Scripted(vocab, lambda ids, t: int(ids[t])))
-    assert shifted["probe/p_tool_call@call"] == pytest.approx(0.0, abs=1e-9)
+    assert shifted["probe/p_tool_call/call"] == pytest.approx(0.0, abs=1e-9)
     assert shifted["probe/value_accuracy"] < 0.5
 
     tool_call = tokenizer.convert_tokens_to_ids("<tool_call>")
     always = probe.measure(Scripted(vocab, lambda ids, t: tool_call))
-    assert always["probe/p_tool_call@reply"] == pytest.approx(1.0)
-    assert always["probe/p_content@call"] == pytest.approx(0.0, abs=1e-9)
+    assert always["probe/p_tool_call/reply"] == pytest.approx(1.0)
+    assert always["probe/p_content/call"] == pytest.approx(0.0, abs=1e-9)
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     empty = probe.measure(Scripted(vocab, lambda ids, t: im_end if ids[t] == tool_call else int(ids[t + 1])))
-    assert empty["probe/p_im_end@after_call"] == pytest.approx(1.0)  # the paper's collapse pattern
-    assert empty["probe/p_tool_call@call"] == pytest.approx(1.0)
+    assert empty["probe/p_im_end/after_call"] == pytest.approx(1.0)  # the paper's collapse pattern
+    assert empty["probe/p_tool_call/call"] == pytest.approx(1.0)

@@ -85,7 +85,7 @@ class ExpertProbe:
 
     @torch.no_grad()
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        """The probes' means over the set, named `probe/<what>@<where>`. One example at a time,
+        """The probes' means over the set, named `probe/<what>/<where>`. One example at a time,
         and only the logits of labelled positions (`logits_to_keep` as indices): a real model's
         full logits over a 16k-token trajectory would be gigabytes."""
         was_training = model.training
@@ -116,8 +116,8 @@ class ExpertProbe:
                 for place, mask in where.items():
                     sel = mask[row, target]
                     for name, tok in self.control_ids.items():
-                        add(f"p_{name}@{place}", p[sel, tok])
-                    add(f"p_content@{place}", content[sel])
+                        add(f"p_{name}/{place}", p[sel, tok])
+                    add(f"p_content/{place}", content[sel])
         finally:
             model.train(was_training)
         return {f"probe/{k}": float(torch.cat(v).mean()) for k, v in values.items() if sum(x.numel() for x in v)}
