@@ -138,6 +138,30 @@ def test_sigusr1_saves_at_the_end_of_the_step_and_stops(job):
     _same_run(job, "sig-straight", "sig-stopped", straight, resumed)
 
 
+def test_no_checkpoint_after_the_last_step_and_a_kill_before_the_model_is_saved(job, monkeypatch):
+    """transformers saves after the last step; that checkpoint would be resumed with nothing left
+    to train. It is skipped: a job killed between its last step and its model's save resumes
+    from the last periodic checkpoint and ends as the straight run."""
+    cfg = _cfg(save_every=5)  # 10 steps: periodic checkpoints at 5 and (skipped) 10
+    cell = Cell("ets", "interleaved", 1e-3, 0)
+    straight, _ = _run(job, cfg, cell, "end-straight")
+    real_save = models.save
+
+    def save(model, tokenizer, out):
+        if out.name == "model":
+            raise Killed
+        real_save(model, tokenizer, out)
+
+    monkeypatch.setattr(models, "save", save)
+    with pytest.raises(Killed):
+        _run(job, cfg, cell, "end-stopped")
+    monkeypatch.setattr(models, "save", real_save)
+    assert sorted(p.name for p in (job / "end-stopped" / "ckpt").glob("checkpoint-*")) == ["checkpoint-5"]
+    resumed, report = _run(job, cfg, cell, "end-stopped")
+    assert report["resumed"]
+    _same_run(job, "end-straight", "end-stopped", straight, resumed)
+
+
 def test_only_the_last_checkpoints_are_kept(job):
     cfg = _cfg(save_every=1, keep=2)
     with pytest.raises(Killed):

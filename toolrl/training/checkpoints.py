@@ -159,13 +159,17 @@ class StopSignals:
 
 
 class SaveAndStop(TrainerCallback):
-    """Turns a received stop signal into transformers' own save-then-stop at the step's end."""
+    """Turns a received stop signal into transformers' own save-then-stop at the step's end, and
+    skips the checkpoint transformers saves after the last step: the job saves its model next,
+    and a checkpoint of a finished run would be one to resume with nothing left to train."""
 
     def __init__(self, stop: StopSignals):
         self.stop = stop
 
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[override]
-        if self.stop.received is not None:
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        elif self.stop.received is not None:
             control.should_save = True
             control.should_training_stop = True
         return control

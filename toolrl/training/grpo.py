@@ -498,7 +498,7 @@ def train(
             train_dataset=Dataset.from_list([{"prompt": t} for t in ctx.tasks]),
             processing_class=ctx.tokenizer,
             callbacks=[StepLogger(plan, source, extra, on_step)]
-            + [c for c in (guard, SaveAndStop(stop) if stop is not None else None) if c is not None],
+            + [c for c in (guard, SaveAndStop(stop if stop is not None else StopSignals())) if c is not None],
             ctx=ctx,
             signal=signal,
             scheme=scheme,
