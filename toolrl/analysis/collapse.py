@@ -73,13 +73,15 @@ def rl_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted((r for r in rows if r.get("phase") == "rl"), key=lambda r: r["step"])
 
 
-def _check_thresholds(window: int, reward_drop: float, token_shift: float) -> None:
+def _check_thresholds(window: int, reward_drop: float, token_shift: float, pollution_rise: float | None) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if not 0.0 < reward_drop <= 1.0:
         raise ValueError(f"reward_drop must be in (0, 1], got {reward_drop!r}")
     if not 0.0 < token_shift <= 1.0:
         raise ValueError(f"token_shift must be in (0, 1], got {token_shift!r}")
+    if pollution_rise is not None and not 0.0 < pollution_rise <= 1.0:
+        raise ValueError(f"pollution_rise must be in (0, 1], got {pollution_rise!r}")
 
 
 def detect(
@@ -112,9 +114,7 @@ def detect(
     Raises ValueError on a log without RL rows or an RL row without a numeric `success`: a run
     that cannot be judged must not count as healthy.
     """
-    _check_thresholds(window, reward_drop, token_shift)
-    if pollution_rise is not None and not 0.0 < pollution_rise <= 1.0:
-        raise ValueError(f"pollution_rise must be in (0, 1], got {pollution_rise!r}")
+    _check_thresholds(window, reward_drop, token_shift, pollution_rise)
     rl = rl_rows(rows)
     if not rl:
         raise ValueError("the log has no RL rows (phase 'rl')")
