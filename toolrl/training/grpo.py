@@ -442,13 +442,15 @@ def train(
     guard: NonFiniteGuard | None = None,
     checkpoints: Checkpoints | None = None,
     resume: Path | None = None,
+    resume_state: dict[str, Any] | None = None,
     stop: StopSignals | None = None,
     job_state: Callable[[], dict[str, Any]] = dict,
 ) -> ToolGRPOTrainer:
     """GRPO for one cell (a scheme's SFT before RL, if any, ran before this), saving to
-    `checkpoints` and resuming from the checkpoint `resume`; `job_state` adds the caller's state
-    to each checkpoint. Raises `Preempted` if `stop` received a signal before the last step.
-    Returns the trainer, whose optimizer state tests inspect."""
+    `checkpoints` and resuming from the checkpoint `resume`, whose trainer state (its
+    `toolrl_state.json`'s "trainer", read by the caller) is `resume_state`; `job_state` adds the
+    caller's state to each checkpoint. Raises `Preempted` if `stop` received a signal before the
+    last step. Returns the trainer, whose optimizer state tests inspect."""
     cfg = ctx.cfg
     rl = cfg.rl
     signal.setup(ctx)
@@ -507,8 +509,8 @@ def train(
             checkpoints=checkpoints,
             job_state=job_state,
         )
-        if resume is not None and checkpoints is not None:
-            trainer.load_state_dict(checkpoints.state(resume)["trainer"])
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     if stop is not None and stop.received and trainer.state.global_step < plan.total:
         saved = "a checkpoint was saved, running the job again resumes from it" if checkpoints else "nothing saved"

@@ -44,8 +44,10 @@ def run(
     resume = ckpt.latest() if ckpt else None
     before = ckpt.before_rl() if ckpt else None
     job: dict[str, Any] = {"rows": [], "offset": 0, "sft_seconds": 0.0, "skipped": [], "seconds": 0.0}
+    saved: dict[str, Any] = {}
     if ckpt and (resume or before):
-        job.update(ckpt.state(resume or before)["job"])  # type: ignore[arg-type]
+        saved = ckpt.state(resume or before)  # type: ignore[arg-type]
+        job.update(saved["job"])
         log.info("resuming %s from %s", cell.path, resume or before)
     rows: list[dict[str, Any]] = job["rows"]
     for row in rows:
@@ -86,6 +88,7 @@ def run(
             guard,
             checkpoints=ckpt,
             resume=resume,
+            resume_state=saved["trainer"] if resume else None,
             stop=stop,
             job_state=job_state,
         )
