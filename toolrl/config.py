@@ -662,6 +662,11 @@ class Cell:
         return f"signal={self.signal}/scheme={self.scheme}/lr={format_lr(self.lr)}/seed={self.seed}"
 
     @property
+    def flags(self) -> list[str]:
+        """The cell as `python -m toolrl train` takes it on its command line."""
+        return ["--signal", self.signal, "--scheme", self.scheme, "--lr", format_lr(self.lr), "--seed", str(self.seed)]
+
+    @property
     def group(self) -> str:
         """The cell without its seed: the unit that statistics aggregate over."""
         return f"{self.signal}/{self.scheme}/lr={format_lr(self.lr)}"
@@ -685,8 +690,11 @@ def is_gguf(name_or_path: str | None) -> bool:
 
 
 def format_lr(lr: float) -> str:
-    """A stable, readable spelling for paths: 1e-4 not 0.0001."""
-    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    """A stable, readable spelling for paths: 1e-4 not 0.0001, and exact, 1.5e-6 not 2e-6: a
+    train job reads its learning rate back from this spelling (the rule's {lr} wildcard)."""
+    text = next(t for d in range(17) if float(t := f"{lr:.{d}e}") == lr)
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def check(cond: bool, key: str, msg: str) -> None:
