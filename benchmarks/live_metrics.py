@@ -102,7 +102,6 @@ def train_job(
     config: Path,
     common: list[str | Path],
     cell: Cell,
-    lr: str,
     work: Path,
     env: dict[str, str],
     uri: str,
@@ -118,21 +117,7 @@ def train_job(
     out = work / "runs" / label
     job = Job(label, out)
     log = work / f"train-{label}.log"
-    args = [
-        "--config",
-        config,
-        *common,
-        "--out",
-        out,
-        "--signal",
-        cell.signal,
-        "--scheme",
-        cell.scheme,
-        "--lr",
-        lr,
-        "--seed",
-        str(cell.seed),
-    ]
+    args = ["--config", config, *common, "--out", out, *cell.flags]
     train_log = out / "train_log.jsonl"
     run_id: str | None = None
     t0 = time.perf_counter()
@@ -236,7 +221,7 @@ def main() -> None:
 
         def job(label: str, overrides: dict[str, Any]) -> Job:
             config = write_config(work, label, overrides)
-            return train_job(label, config, common, cell, lr, work, env, uri, experiment_id, args.poll)
+            return train_job(label, config, common, cell, work, env, uri, experiment_id, args.poll)
 
         flush_jobs = [
             job(f"flush{n}", {"rl": {"steps": args.steps}, "mlflow": {"flush_steps": n}}) for n in args.flush_steps

@@ -188,3 +188,23 @@ def test_cell_sections_follow_what_a_cell_reads():
         assert (section_hash(a, *sections) == section_hash(b, *sections)) == same
     assert "schemes.interleaved" in cell_sections("prs", "interleaved")
     assert "signals.ets" in cell_sections("prs", "interleaved")
+
+
+def test_a_cells_flags_are_what_the_train_command_reads_back():
+    from toolrl import cli
+    from toolrl.config import Cell
+
+    for cell in (Cell("none", "rl", 3e-5, 0), Cell("ets", "interleaved", 1.5e-6, 12)):
+        args = cli.build_parser().parse_args(
+            ["train", "--config", "c", "--data", "d", "--base", "b"] + ["--experiment", "e", "--out", "o", *cell.flags]
+        )
+        assert cli._cell(args) == cell
+
+
+def test_learning_rates_are_spelt_exactly():
+    """A train job reads its rate back from the path's spelling: 1.5e-6 must not become 2e-6."""
+    from toolrl.config import format_lr
+
+    assert [format_lr(x) for x in (1e-3, 3e-5, 1e-6, 1.0, 1e3)] == ["1e-3", "3e-5", "1e-6", "1e0", "1e3"]
+    for x in (1.5e-6, 2.5e-4, 1.25e-5, 7e-7, 0.1 + 0.2):
+        assert float(format_lr(x)) == x

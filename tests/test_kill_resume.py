@@ -20,7 +20,7 @@ import torch
 import yaml
 from conftest import ROOT, SNAKEMAKE_ENV
 
-from toolrl.config import TinyModelConfig
+from toolrl.config import Cell, TinyModelConfig
 from toolrl.envs.data import write_splits
 from toolrl.models import model as models
 
@@ -58,7 +58,7 @@ def setup(tmp_path_factory, tokenizer, splits):
 
     def start(out: Path) -> subprocess.Popen:
         args = ["--config", config, "--data", root / "data", "--base", root / "base", "--experiment", experiment]
-        args += ["--out", out, "--signal", "ets", "--scheme", "interleaved", "--lr", "1e-3", "--seed", "0"]
+        args += ["--out", out, *Cell("ets", "interleaved", 1e-3, 0).flags]
         with (out.parent / f"{out.name}.log").open("a") as log:
             return subprocess.Popen([*toolrl, "train", *map(str, args)], cwd=ROOT, env=SNAKEMAKE_ENV, stderr=log)
 
