@@ -76,6 +76,7 @@ def test_stable_run_is_not_collapse():
         "min_success": pytest.approx(1.6 / 3),
         "probe": None,
         "shift": None,
+        "shifts": {},
     }
 
 

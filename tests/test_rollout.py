@@ -159,9 +159,8 @@ def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
 
     vocab = tokenizer.get_vocab()
     tc, end = vocab["<tool_call>"], vocab["<|im_end|>"]
-    proc = ForbidPatterns(
-        forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["<|im_end|>"]), ForbidRule("", ["<|im_end|>"])])
-    )
+    rules = forbid_rules([ForbidRule("<tool_call>", ["<|im_end|>"]), ForbidRule("", ["<|im_end|>"])])
+    proc = ForbidPatterns(tokenizer, rules)
     proc.reset(3)
     scores = torch.zeros(2, len(tokenizer))
     first = proc(torch.tensor([[1, 2, tc], [1, 2, 3]]), scores)
@@ -169,8 +168,27 @@ def test_forbid_patterns_mask_the_collapsed_continuations(tokenizer):
     later = proc(torch.tensor([[1, 2, 3, tc], [1, 2, 3, 4]]), scores)
     assert torch.isinf(later[0, end]) and not torch.isinf(later[1, end])
     assert not torch.isinf(later[0, tc]) and torch.isfinite(later[1]).all()
-    with pytest.raises(ValueError, match=r"diagnostics\.forbid"):
-        forbid_rules(tokenizer, [ForbidRule("<tool_call>", ["no-such-token-xyz"])])
+    with pytest.raises(ValueError, match=r"diagnostics\.forbid\[0\]"):
+        ForbidPatterns(
+            tokenizer, forbid_rules([ForbidRule("<tool_call>", ["no-such-token-xyz"])]), "diagnostics.forbid"
+        )
+
+
+def test_patterns_apply_in_their_context_only(tokenizer):
+    """A reply may not open a call, a call turn must: each rule masks only rows of its context."""
+    from toolrl.core.diagnostics import CALL_TEXT, REPLY_CALLS, ForbidPatterns
+
+    tc = tokenizer.get_vocab()["<tool_call>"]
+    proc = ForbidPatterns(tokenizer, [REPLY_CALLS, CALL_TEXT])
+    proc.reset(2, ["reply", "call"])
+    scores = torch.zeros(2, len(tokenizer))
+    first = proc(torch.tensor([[1, 2], [1, 2]]), scores)
+    assert torch.isinf(first[0, tc]) and torch.isfinite(first[0]).sum() == len(tokenizer) - 1
+    assert torch.isfinite(first[1, tc]) and torch.isfinite(first[1]).sum() == 1  # only <tool_call> is left
+    assert torch.isfinite(proc(torch.tensor([[1, 2, 3], [1, 2, 3]]), scores)).all()  # later positions: free
+    with pytest.raises(ValueError, match="context"):
+        proc.reset(2)
+        proc(torch.tensor([[1, 2], [1, 2]]), scores)
 
 
 class StopAfter(LogitsProcessor):

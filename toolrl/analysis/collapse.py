@@ -25,9 +25,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # The control-token probes the detector compares against their start: probabilities at the first
-# position of an assistant message, and right after a sampled `<tool_call>`. Not the `/sampled`
-# probes: those are conditioned on the token having been sampled, so they say nothing about how
-# often it is.
+# position of a sampled assistant message and right after a sampled `<tool_call>`, and the same on
+# the fixed expert trajectories (`core.expert_probe`), where call and reply turns are read apart.
+# Not the `/sampled` probes: those are conditioned on the token having been sampled, so they say
+# nothing about how often it is.
 PROBES = (
     "p_tool_call/first",
     "p_im_end/first",
@@ -35,6 +36,11 @@ PROBES = (
     "p_im_end/after_tool_call",
     "p_tool_call/after_tool_call",
     "p_content/after_tool_call",
+    *(
+        f"probe/p_{token}/{where}"
+        for where in ("call", "reply", "after_call")
+        for token in ("tool_call", "im_end", "content")
+    ),
 )
 
 # The metrics of `plots/curves.png`: (title, keys whose sum is the value). A step with any key
@@ -109,8 +115,10 @@ def detect(
 
     Returns `collapsed`, `mode` ("token", "content" or None), `step` (the global step, or
     None), `baseline_success`, `min_success` (the lowest rolling success of the run, the first
-    window included), and `probe` / `shift`: what moved most at the collapse step and its
-    signed shift (the probe; for a content collapse "pollution"; None when not collapsed).
+    window included), `probe` / `shift`: what moved most at the collapse step and its
+    signed shift (the probe; for a content collapse "pollution"; None when not collapsed), and
+    `shifts`: every probe's signed shift at the collapse step (empty when not collapsed), from
+    which `core.diagnostics.shown_patterns` reads the patterns the run shows.
     Raises ValueError on a log without RL rows or an RL row without a numeric `success`: a run
     that cannot be judged must not count as healthy.
     """
@@ -140,6 +148,7 @@ def detect(
         "min_success": baseline,
         "probe": None,
         "shift": None,
+        "shifts": {},
     }
     for i in range(window, len(rl)):
         lo = i - window + 1
@@ -155,11 +164,13 @@ def detect(
         probe = max(shifts, key=lambda k: abs(shifts[k])) if shifts else None
         if probe is not None and abs(shifts[probe]) >= token_shift - _EPS:
             result.update(collapsed=True, mode="token", step=int(rl[i]["step"]), probe=probe, shift=shifts[probe])
+            result["shifts"] = shifts
         elif pollution_rise is not None and start_pollution is not None:
             now_pollution = _mean(pollution[lo : i + 1])
             if now_pollution is not None and now_pollution - start_pollution >= pollution_rise - _EPS:
                 rise = now_pollution - start_pollution
                 result.update(collapsed=True, mode="content", step=int(rl[i]["step"]), probe="pollution", shift=rise)
+                result["shifts"] = shifts
     return result
 
 

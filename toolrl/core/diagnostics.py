@@ -9,6 +9,8 @@ rollouts that training already generates, so they cost no extra forward pass.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -87,43 +89,119 @@ class ControlTokenProbe(LogitsProcessor):
         return out
 
 
+@dataclass(frozen=True)
+class Pattern:
+    """A collapsed pattern, as the restoration probe rules it out: where an assistant message is
+    written (`where`: "any"; "call", right after a user turn; "reply", right after a tool's
+    answer), after the token `after` ("": at the message's first position), the `tokens` are
+    forbidden, or with `only`, every token but them."""
+
+    name: str
+    where: str
+    after: str
+    tokens: tuple[str, ...]
+    only: bool = False
+
+
+CONTEXTS = ("call", "reply")  # an assistant message right after a user turn, or after a tool's answer
+
+CALL_CLOSED = Pattern("a call closed at once", "any", "<tool_call>", ("<|im_end|>",))
+SECOND_OPENER = Pattern("a second <tool_call>", "any", "<tool_call>", ("<tool_call>",))
+EMPTY = Pattern("an empty message", "any", "", ("<|im_end|>",))
+REPLY_CALLS = Pattern("a reply opens a call", "reply", "", ("<tool_call>",))
+CALL_TEXT = Pattern("a call turn opens with text", "call", "", ("<tool_call>",), only=True)
+
+# (probe, sign of its shift) → the patterns such a shift shows. The sampled probes (`p_*/first`)
+# pool call and reply turns; the expert probes (`probe/*`) read them apart.
+SHOWN_BY: dict[tuple[str, int], tuple[Pattern, ...]] = {
+    ("p_im_end/after_tool_call", 1): (CALL_CLOSED,),
+    ("probe/p_im_end/after_call", 1): (CALL_CLOSED,),
+    ("p_tool_call/after_tool_call", 1): (SECOND_OPENER,),
+    ("probe/p_tool_call/after_call", 1): (SECOND_OPENER,),
+    ("p_content/after_tool_call", -1): (CALL_CLOSED, SECOND_OPENER),
+    ("probe/p_content/after_call", -1): (CALL_CLOSED, SECOND_OPENER),
+    ("p_im_end/first", 1): (EMPTY,),
+    ("probe/p_im_end/call", 1): (EMPTY,),
+    ("probe/p_im_end/reply", 1): (EMPTY,),
+    ("p_tool_call/first", 1): (REPLY_CALLS,),
+    ("probe/p_tool_call/reply", 1): (REPLY_CALLS,),
+    ("p_tool_call/first", -1): (CALL_TEXT,),
+    ("probe/p_tool_call/call", -1): (CALL_TEXT,),
+    ("p_content/first", 1): (CALL_TEXT,),
+    ("probe/p_content/call", 1): (CALL_TEXT,),
+    ("p_content/first", -1): (EMPTY, REPLY_CALLS),
+    ("probe/p_content/reply", -1): (EMPTY, REPLY_CALLS),
+}
+
+
+def shown_patterns(shifts: Mapping[str, float], threshold: float) -> list[Pattern]:
+    """The patterns a collapsed run shows: those of every probe whose shift (signed, from the
+    run's start to its collapse, as `collapse.detect` reports them) reached `threshold`."""
+    out: list[Pattern] = []
+    for probe, shift in shifts.items():
+        if abs(shift) >= threshold:
+            out += [p for p in SHOWN_BY.get((probe, 1 if shift > 0 else -1), ()) if p not in out]
+    return out
+
+
+@dataclass(frozen=True)
+class _Rule:
+    where: str
+    after: int | None
+    ids: torch.Tensor
+    only: bool
+
+
 class ForbidPatterns(LogitsProcessor):
-    """Masks tokens that would continue a collapsed pattern: `rules` maps the preceding token id
-    (None: the first position of the message) to the ids it may not be followed by.
+    """Masks tokens that would continue a collapsed pattern (`Pattern`s, or the config's
+    `diagnostics.forbid` rules, which apply at every message).
 
     Used twice: as the `ctrl` signal's sampling-time clamp, and as the restoration probe at
-    evaluation, where it asks whether the capability survives once the pattern is ruled out."""
+    evaluation, where it asks whether the capability survives once the pattern is ruled out.
+    `reset` gives each row's context ("call" or "reply") for the rules that apply to one."""
 
-    def __init__(self, rules: dict[int | None, list[int]]):
-        self.rules = {after: torch.tensor(ids) for after, ids in rules.items()}
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, patterns: Sequence[Pattern], key: str = "patterns"):
+        vocab = tokenizer.get_vocab()
+        self.rules = []
+        for i, p in enumerate(patterns):
+            for tok in ([p.after] if p.after else []) + list(p.tokens):
+                if tok not in vocab:
+                    # A rule that silently matched nothing would mask nothing.
+                    raise ValueError(f"config key '{key}[{i}]': '{tok}' is not a single token of this tokenizer")
+            ids = torch.tensor([vocab[t] for t in p.tokens])
+            self.rules.append(_Rule(p.where, vocab[p.after] if p.after else None, ids, p.only))
         self.start = 0
+        self.contexts: torch.Tensor | None = None
 
-    def reset(self, prompt_width: int) -> None:
+    def reset(self, prompt_width: int, contexts: Sequence[str] | None = None) -> None:
         self.start = prompt_width
+        self.contexts = None if contexts is None else torch.tensor([CONTEXTS.index(c) for c in contexts])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
         first = input_ids.shape[1] == self.start
-        for after, ids in self.rules.items():
-            if after is None:
+        for rule in self.rules:
+            if rule.after is None:
                 rows = torch.full((scores.shape[0],), first, device=scores.device)
             else:
-                rows = (input_ids[:, -1] == after) & (not first)
-            if rows.any():
-                scores[rows.nonzero(as_tuple=True)[0].unsqueeze(1), ids.to(scores.device)] = float("-inf")
+                rows = (input_ids[:, -1] == rule.after) & (not first)
+            if rule.where != "any":
+                if self.contexts is None:
+                    raise ValueError(f"a '{rule.where}' pattern needs each row's context (reset(..., contexts))")
+                rows = rows & (self.contexts.to(scores.device) == CONTEXTS.index(rule.where))
+            if not rows.any():
+                continue
+            index = rows.nonzero(as_tuple=True)[0].unsqueeze(1)
+            ids = rule.ids.to(scores.device)
+            if rule.only:
+                kept = scores[index, ids]
+                scores[index] = float("-inf")
+                scores[index, ids] = kept
+            else:
+                scores[index, ids] = float("-inf")
         return scores
 
 
-def forbid_rules(tokenizer: PreTrainedTokenizerBase, rules: list[ForbidRule]) -> dict[int | None, list[int]]:
-    """Config rules (token strings) → token ids, failing with the config key when a token is not
-    one token in this vocabulary (a rule that silently matched nothing would mask nothing)."""
-    vocab = tokenizer.get_vocab()
-    out: dict[int | None, list[int]] = {}
-    for i, r in enumerate(rules):
-        for tok in ([r.after] if r.after else []) + list(r.tokens):
-            if tok not in vocab:
-                raise ValueError(
-                    f"config key 'diagnostics.forbid[{i}]': '{tok}' is not a single token of this tokenizer"
-                )
-        out.setdefault(vocab[r.after] if r.after else None, []).extend(vocab[t] for t in r.tokens)
-    return out
+def forbid_rules(rules: list[ForbidRule]) -> list[Pattern]:
+    """The config's `diagnostics.forbid` rules as patterns that apply at every message."""
+    return [Pattern(f"{r.after or 'first'} → {'/'.join(r.tokens)}", "any", r.after, tuple(r.tokens)) for r in rules]

@@ -276,7 +276,7 @@ def _advance(
     probe.reset()
     processors: list[Any] = [probe]
     if forbid is not None:
-        forbid.reset(width)
+        forbid.reset(width, ["reply" if r.messages[-1]["role"] == "tool" else "call" for r in batch.rollouts])
         processors.append(forbid)
     gen_kwargs: dict[str, Any] = {
         "do_sample": sample,

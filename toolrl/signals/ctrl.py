@@ -54,7 +54,7 @@ class Ctrl(Signal):
             return None
         from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
 
-        return ForbidPatterns(forbid_rules(ctx.tokenizer, self.cfg.diagnostics.forbid))
+        return ForbidPatterns(ctx.tokenizer, forbid_rules(self.cfg.diagnostics.forbid), "diagnostics.forbid")
 
     def loss_terms(self, ctx: CellContext) -> list[LossTerm]:
         c = self.section
