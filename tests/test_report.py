@@ -275,6 +275,12 @@ LOG_MODES = {("none", "rl"): [None, None, None], ("sft", "rl"): ["first", None, 
 SFT_STEPS = {"none": 0, "sft": 5}  # sft/rl logs start with SFT rows, so RL steps are global (5..12)
 RESTORED = {("none", "rl"): {"id": [0.60, 0.65, 0.70]}, ("sft", "rl"): {"id": [0.90, 0.95, 1.00]}}
 BASE_RESTORED = {"id": 0.25}
+# What each log mode's restoration probe forbade (written by the evaluate job from the train log).
+SHOWN = {
+    None: (None, []),
+    "first": ("token", ["a call turn opens with text"]),
+    "end": ("token", ["a call closed at once"]),
+}
 
 
 def _train_log(mode, sft_steps=0, n=8):
@@ -308,15 +314,16 @@ def _write_diagnostics(d: Path, modes=LOG_MODES, restored=RESTORED, base_restore
             path = _run_dir(d, signal, scheme, seed) / "train_log.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     targets = [
-        (_run_dir(d, sig, sch, seed) / "eval" / f"{split}.json", rate)
+        (_run_dir(d, sig, sch, seed) / "eval" / f"{split}.json", rate, SHOWN[modes[sig, sch][seed]])
         for (sig, sch), by_split in restored.items()
         for split, values in by_split.items()
         for seed, rate in enumerate(values)
     ]
-    targets += [(d / "base" / "eval" / f"{split}.json", rate) for split, rate in base_restored.items()]
-    for path, rate in targets:
+    targets += [(d / "base" / "eval" / f"{split}.json", rate, SHOWN[None]) for split, rate in base_restored.items()]
+    for path, rate, (mode, patterns) in targets:
         doc = json.loads(path.read_text())
-        doc["restored"] = {"success_rate": rate, "format_error_rate": 0.0, "n": doc["n"]}
+        doc["restored"] = {"success_rate": rate, "format_error_rate": 0.0, "n": doc["n"], "mode": mode}
+        doc["restored"] |= {"patterns": patterns, "probed": bool(patterns)}
         path.write_text(json.dumps(doc))
 
 
@@ -340,7 +347,9 @@ def test_markdown_collapse_rate_and_restored_column(diagnosed):
     sweep, _ = diagnosed
     md = (sweep / "tables" / "main.md").read_text()
     header = _header(md)
-    assert header[:7] == ["group", "n", "id", "format_ood", "content_ood", "id restored", "collapsed"]
+    assert header[:8] == [
+        "group", "n", "id", "format_ood", "content_ood", "id restored", "id restored by mode", "collapsed"
+    ]  # fmt: skip
     assert "format_ood restored" not in header  # only probed splits get a column
     rows = {name: dict(zip(header, cells, strict=True)) for name, cells in _table_rows(md).items()}
     assert rows["sft/rl/lr=1e-4"]["collapsed"] == "2/3"
@@ -349,6 +358,11 @@ def test_markdown_collapse_rate_and_restored_column(diagnosed):
     assert rows["sft/rl/lr=1e-4"]["id restored"].startswith("95.0 [")
     assert rows["none/rl/lr=1e-4"]["id restored"].startswith("65.0 [")
     assert rows["base"]["id restored"] == "25.0"
+    plain = sum(
+        json.loads((_run_dir(sweep, "sft", "rl", s) / "eval/id.json").read_text())["success_rate"] for s in (0, 2)
+    )
+    assert rows["sft/rl/lr=1e-4"]["id restored by mode"] == f"token 2: {50 * plain:.1f} → 95.0"
+    assert rows["none/rl/lr=1e-4"]["id restored by mode"] == rows["base"]["id restored by mode"] == "—"
     assert rows["sft/rl/lr=1e-4"]["id"].startswith("85.0 [")  # the plain column is untouched
     assert rows["sft/rl/lr=1e-4"]["id p vs baseline"].startswith("p=")
     assert "restoration probe" in md and "2 RL steps" in md and "50% of its first-2-step mean" in md
@@ -402,6 +416,10 @@ def test_summary_collapse_per_seed_and_restored(diagnosed):
     restored = groups["sft/rl/lr=1e-4"]["restored"]
     assert list(restored) == ["id"] and restored["id"]["values"] == [0.90, 0.95, 1.00]
     assert restored["id"]["mean"] == pytest.approx(0.95)
+    token = restored["id"]["by_mode"]["token"]
+    assert token["seeds"] == [0, 2] and token["restored"] == pytest.approx(0.95)
+    assert token["patterns"] == ["a call closed at once", "a call turn opens with text"]
+    assert list(restored["id"]["by_mode"]) == ["token"] and groups["base"]["restored"]["id"]["by_mode"] == {}
     assert groups["base"]["restored"]["id"]["mean"] == 0.25 and groups["base"]["restored"]["id"]["n"] == 1
 
 
@@ -500,7 +518,7 @@ def test_run_without_train_log_counts_over_logged_runs(tmp_path):
     sft = summary["groups"][2]["collapse"]
     assert (sft["collapsed"], sft["runs"]) == (1, 2)
     assert sft["per_seed"][2] == {"seed": 2, "collapsed": None, "step": None}
-    assert _table_rows((sweep / "tables" / "main.md").read_text())["sft/rl/lr=1e-4"][6] == "1/2"
+    assert _table_rows((sweep / "tables" / "main.md").read_text())["sft/rl/lr=1e-4"][7] == "1/2"
 
 
 def test_unjudgeable_train_log_raises_with_path(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import torch
 
 from toolrl.config import Config, RLConfig, RolloutConfig, TinyModelConfig
 from toolrl.core import rollout
+from toolrl.core.diagnostics import ForbidPatterns
 from toolrl.core.episode import expert_messages
 from toolrl.core.supervision import FailureLog, GroupOutcome, control_penalty, encode_examples
 from toolrl.formats import get_format
@@ -280,34 +282,63 @@ def test_ctrl_clamp_is_applied_while_sampling(splits, tokenizer, model, monkeypa
     assert seen and all(f is not None for f in seen)
 
 
-def test_restoration_probe_runs_on_the_configured_splits(splits, tokenizer, model):
-    """A model forced into full collapse (every message an immediate <|im_end|>) writes content
-    again under the probe, and only the configured splits get the probe."""
-    from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
+def _collapsed_log(path, probe: str, start: float, end: float, pollution: float = 0.05) -> None:
+    """Eight RL steps: success 0.7, then from the 5th step 0.1 while `probe` goes `start` → `end`."""
+    rows = [
+        {
+            "phase": "rl",
+            "step": i,
+            "success": 0.1 if i >= 4 else 0.7,
+            probe: end if i >= 4 else start,
+            "state/text_pollution": pollution if i >= 4 else 0.05,
+            "state/full_collapse": 0.0,
+        }
+        for i in range(8)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_restoration_probe_forbids_what_the_run_showed(splits, tokenizer, model, tmp_path):
+    """A run whose call turns stopped opening with `<tool_call>` (the expert probe at call turns
+    fell): the restoration derived from its train log forces the opener at call turns, where the
+    model, biased against it, never wrote one. A content collapse shows no pattern and is not
+    probed; only the configured splits are."""
+    from toolrl.cli import _shown
+    from toolrl.core.diagnostics import CALL_TEXT, REPLY_CALLS
     from toolrl.training import evaluate
+
+    cfg = Config()
+    cfg.rollout = ROLL
+    _collapsed_log(tmp_path / "token.jsonl", "probe/p_tool_call/call", 0.95, 0.02)
+    assert _shown(cfg, tmp_path / "token.jsonl") == ("token", [CALL_TEXT])
+    _collapsed_log(tmp_path / "reply.jsonl", "p_tool_call/first", 0.5, 0.99)
+    assert _shown(cfg, tmp_path / "reply.jsonl") == ("token", [REPLY_CALLS])
+    _collapsed_log(tmp_path / "content.jsonl", "probe/p_tool_call/call", 0.95, 0.9, pollution=0.8)
+    assert _shown(cfg, tmp_path / "content.jsonl") == ("content", [])
 
     head = model.lm_head
     biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
     biased.weight.data.copy_(head.weight.data)
     biased.bias.data.zero_()
-    biased.bias.data[tokenizer.convert_tokens_to_ids("<|im_end|>")] = 50.0
+    biased.bias.data[tokenizer.convert_tokens_to_ids("<tool_call>")] = -50.0
     model.lm_head = biased
-    cfg = Config()
-    cfg.rollout = ROLL
     tasks = splits["id"][:4]
-    forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
+
     plain = rollout.run(model, tokenizer, tasks, FMT, ROLL, sample=False)
-    probed = rollout.run(model, tokenizer, tasks, FMT, ROLL, sample=False, forbid=forbid)
-
-    def said(rs):
-        return [m["content"] for r in rs for m in r.messages if m["role"] == "assistant"]
-
-    assert set(said(plain)) == {""}  # every message an immediate <|im_end|>
-    assert said(probed) and "" not in said(probed)  # the probe rules the empty message out
-    with_probe = evaluate.run_split(model, tokenizer, cfg, "id", tasks)
-    assert with_probe["restored"]["n"] == 4 and "restored" not in evaluate.run_split(
-        model, tokenizer, cfg, "format_ood", tasks
+    probed = rollout.run(
+        model, tokenizer, tasks, FMT, ROLL, sample=False, forbid=ForbidPatterns(tokenizer, [CALL_TEXT])
     )
+
+    def first_said(rs) -> list[str]:  # each task's first assistant message: a call turn
+        return [next(m["content"] for m in r.messages if m["role"] == "assistant") for r in rs]
+
+    assert not any(m.startswith("<tool_call>") for m in first_said(plain))
+    assert all(m.startswith("<tool_call>") for m in first_said(probed))
+    restored = evaluate.run_split(model, tokenizer, cfg, "id", tasks, "token", [CALL_TEXT])["restored"]
+    assert restored["probed"] and restored["patterns"] == [CALL_TEXT.name] and restored["n"] == 4
+    unprobed = evaluate.run_split(model, tokenizer, cfg, "id", tasks, "content", [])
+    assert unprobed["restored"]["success_rate"] == unprobed["success_rate"] and not unprobed["restored"]["probed"]
+    assert "restored" not in evaluate.run_split(model, tokenizer, cfg, "format_ood", tasks, "token", [CALL_TEXT])
 
 
 _ADAMW_STEP = torch.optim.AdamW.step

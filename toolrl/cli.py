@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolrl.config import (
     SPLITS,
@@ -25,7 +25,10 @@ from toolrl.config import (
     load,
     sections,
 )
-from toolrl.io import read_json, require, write_json, write_jsonl
+from toolrl.io import read_json, read_jsonl, require, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from toolrl.core.diagnostics import Pattern
 
 log = logging.getLogger("toolrl")
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; running the job again may succeed
@@ -201,8 +204,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _config(args)
     model, tokenizer = models.load(args.model)
     stem, _ = evaluate.split_source(cfg, args.split)
+    mode, patterns = None, []
+    if cell is not None and args.split in cfg.diagnostics.restore_splits:
+        mode, patterns = _shown(cfg, Path(args.model).parent / "train_log.jsonl")
     t0 = time.perf_counter()
-    result = evaluate.run_split(model, tokenizer, cfg, args.split, read_tasks(Path(args.data) / f"{stem}.jsonl"))
+    tasks = read_tasks(Path(args.data) / f"{stem}.jsonl")
+    result = evaluate.run_split(model, tokenizer, cfg, args.split, tasks, mode, patterns)
     result = {"cell": cell.__dict__ if cell else None, **result, "seconds": round(time.perf_counter() - t0, 1)}
     write_json(Path(args.out), result)
     log.info(
@@ -212,6 +219,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         100 * result["success_rate"],
         result["n"],
     )
+
+
+def _shown(cfg: Config, train_log: Path) -> tuple[str | None, list[Pattern]]:
+    """A run's collapse mode and the patterns it showed, from its own train log: what its
+    restoration probe forbids."""
+    from toolrl.analysis import collapse
+    from toolrl.core.diagnostics import shown_patterns
+
+    d = cfg.diagnostics
+    verdict = collapse.detect(read_jsonl(train_log), d.window, d.reward_drop, d.token_shift, d.pollution_rise)
+    patterns = shown_patterns(verdict["shifts"], d.token_shift) if verdict["mode"] == "token" else []
+    if verdict["collapsed"]:
+        log.info("collapse (%s) at step %s; restoration forbids: %s", verdict["mode"], verdict["step"],
+                 ", ".join(p.name for p in patterns) or "nothing (no control-token pattern)")  # fmt: skip
+    return verdict["mode"], patterns
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

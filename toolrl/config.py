@@ -359,8 +359,9 @@ class DiagnosticsConfig:
     """The collapse detector and the restoration probe. A run is collapsed at the first step where
     its success (mean over `window` steps) has fallen by at least `reward_drop` (relative to the
     first `window` steps) while some control-token probe has moved by at least `token_shift`
-    (absolute) from its start. `restore_splits` are evaluated a second time with `forbid`
-    applied as a logit mask."""
+    (absolute) from its start. `restore_splits` are evaluated a second time with the patterns the
+    run's own collapse showed masked out (`core.diagnostics.shown_patterns`); `forbid` is the
+    fixed set the `ctrl` signal's clamp masks while sampling."""
 
     window: int = field(default=2, metadata={"help": "steps averaged by the collapse detector", "minimum": 1})
     reward_drop: float = field(
@@ -382,14 +383,14 @@ class DiagnosticsConfig:
     restore_splits: list[str] = field(
         default_factory=lambda: ["id"],
         metadata={
-            "help": "splits evaluated again with the collapsed patterns forbidden",
+            "help": "splits evaluated again with the patterns each run's collapse showed forbidden",
             "uniqueItems": True,
             "items": {"enum": ["id", "format_ood", "content_ood"]},
         },
     )
     forbid: list[ForbidRule] = field(
         default_factory=_default_forbid,
-        metadata={"help": "the collapsed patterns: tokens forbidden right after a token"},
+        metadata={"help": "the patterns the ctrl signal's clamp forbids: tokens forbidden right after a token"},
     )
     # Read by train jobs but in no job's hash: the probes observe, they change no weight.
     probe_tasks: int = field(

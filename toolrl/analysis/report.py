@@ -38,6 +38,8 @@ class Run:
     rates: dict[str, float]  # split → success rate
     tasks: dict[str, int]  # split → number of tasks the rate is over
     restored: dict[str, float] = field(default_factory=dict)  # split → success with the collapse mask
+    # split → what the restoration probe forbade: the run's collapse `mode` and its `patterns`
+    shown: dict[str, dict[str, Any]] = field(default_factory=dict)
     collapse: dict[str, Any] | None = None  # `collapse.detect` on the train log; None without one
     # split → category (a task's domain: BFCL's base/miss_param/…) → success rate
     categories: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -83,7 +85,11 @@ def read_eval(path: Path) -> dict[str, Any]:
     for i, task in enumerate(require(path, doc, "tasks", list)):
         require(path, task, "success", bool, f" tasks[{i}]")
     if "restored" in doc:
-        _rate(path, require(path, doc, "restored", dict), "success_rate", "restored")
+        restored = require(path, doc, "restored", dict)
+        _rate(path, restored, "success_rate", "restored")
+        if restored.get("mode") not in (None, "token", "content"):
+            raise ValueError(f"evaluation file {path}: 'restored.mode' must be token, content or null")
+        require(path, restored, "patterns", list, " restored")
     return doc
 
 
@@ -95,9 +101,8 @@ def _categories(doc: dict[str, Any]) -> dict[str, float]:
     return {d: sum(v) / len(v) for d, v in sorted(by.items())}
 
 
-def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float | None, dict[str, float], int]:
-    """One run's success rate, restored rate, per-category rates and task count, checked against
-    where the file lies so a misplaced copy fails here."""
+def _read_eval(path: Path, split: str, cell: Cell | None) -> dict[str, Any]:
+    """One run's evaluation, checked against where the file lies so a misplaced copy fails here."""
     doc = read_eval(path)
     if doc["split"] != split:
         raise ValueError(f"evaluation file {path} is for split {doc['split']!r}, expected {split!r}")
@@ -108,10 +113,9 @@ def _read_eval(path: Path, split: str, cell: Cell | None) -> tuple[float, float 
             raise ValueError(f"evaluation file {path} has a malformed 'cell': {e}") from None
         if not claimed.matches(CellFilter(**vars(cell))):
             raise ValueError(f"evaluation file {path} is for cell {claimed.path}, not {cell.path}")
-    restored = float(doc["restored"]["success_rate"]) if "restored" in doc else None
     if not doc["tasks"]:
         raise ValueError(f"evaluation file {path} has no tasks")
-    return float(doc["success_rate"]), restored, _categories(doc), len(doc["tasks"])
+    return doc
 
 
 def _read_train_log(path: Path, diag: DiagnosticsConfig) -> tuple[dict[str, Any] | None, dict[str, dict[int, float]]]:
@@ -141,10 +145,15 @@ def _read_run(eval_dir: Path, splits: Sequence[str], cell: Cell | None) -> Run |
     read = {s: _read_eval(eval_dir / f"{s}.json", s, cell) for s in splits}
     return Run(
         cell,
-        {s: r for s, (r, _, _, _) in read.items()},
-        {s: t for s, (_, _, _, t) in read.items()},
-        {s: q for s, (_, q, _, _) in read.items() if q is not None},
-        categories={s: c for s, (_, _, c, _) in read.items()},
+        {s: float(d["success_rate"]) for s, d in read.items()},
+        {s: len(d["tasks"]) for s, d in read.items()},
+        {s: float(d["restored"]["success_rate"]) for s, d in read.items() if "restored" in d},
+        {
+            s: {"mode": d["restored"].get("mode"), "patterns": d["restored"]["patterns"]}
+            for s, d in read.items()
+            if "restored" in d
+        },
+        categories={s: _categories(d) for s, d in read.items()},
     )
 
 
@@ -306,6 +315,22 @@ def _collapse_record(g: Group) -> dict[str, Any] | None:
     }
 
 
+def _by_mode(g: Group, split: str) -> dict[str, dict[str, Any]]:
+    """Per collapse mode, the group's runs in it: seeds, mean success and mean restored success,
+    and the patterns their restoration probes forbade (none for a content collapse)."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in ("token", "content"):
+        runs = [r for r in g.runs if r.shown.get(split, {}).get("mode") == mode]
+        if runs:
+            out[mode] = {
+                "seeds": [r.cell.seed for r in runs if r.cell is not None],
+                "success": sum(r.rates[split] for r in runs) / len(runs),
+                "restored": sum(r.restored[split] for r in runs) / len(runs),
+                "patterns": sorted({p for r in runs for p in r.shown[split]["patterns"]}),
+            }
+    return out
+
+
 def _paper_record(paper: str | None, first: Cell | None) -> dict[str, Any] | None:
     pub = published_for(paper, first.signal if first else None, first.scheme if first else None)
     return (
@@ -331,7 +356,7 @@ def _group_record(
         "n": len(g.rates[splits[0]]),
         "tasks": {s: g.tasks(s) for s in splits},
         "splits": {s: {**split_stats[s], "values": g.rates[s]} for s in splits},
-        "restored": {s: {**restored[s], "values": g.restored[s]} for s in restored},
+        "restored": {s: {**restored[s], "values": g.restored[s], "by_mode": _by_mode(g, s)} for s in restored},
         "collapse": _collapse_record(g),
         "comparison": comparison,
         "paper": _paper_record(paper, first),

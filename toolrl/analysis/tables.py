@@ -65,6 +65,18 @@ def _collapse_rate(g: dict[str, Any]) -> str:
     return f"{c['collapsed']}/{c['runs']}" + (f" ({content} content)" if content else "")
 
 
+def _by_mode_cell(st: dict[str, Any] | None) -> str:
+    """ "token 2: 0.0 → 3.1; content 1: 0.0": per collapse mode, runs and success → restored."""
+    parts = []
+    for mode, m in ((st or {}).get("by_mode") or {}).items():
+        n = len(m["seeds"])
+        if mode == "token":
+            parts.append(f"{mode} {n}: {_pct(m['success'])} → {_pct(m['restored'])}")
+        else:
+            parts.append(f"{mode} {n}: {_pct(m['success'])}")
+    return "; ".join(parts) or "—"
+
+
 def few_seed_groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Trained groups below MIN_SEEDS; the base model has one evaluation by design, so it is exempt."""
     return [g for g in summary["groups"] if g["name"] != BASE and g["n"] < MIN_SEEDS]
@@ -86,8 +98,12 @@ def _diagnostics_caption(summary: dict[str, Any], code: str = "`") -> str:
     text += "."
     if summary["restored_splits"]:
         text += (
-            f" {code}<split> restored{code}: the same greedy evaluation with the collapsed control-token "
-            f"patterns forbidden by a logit mask (the restoration probe), mean over seeds with the same interval."
+            f" {code}<split> restored{code}: the same greedy evaluation with the control-token patterns each "
+            "run's own collapse showed forbidden by a logit mask (the restoration probe; the patterns follow "
+            "from the probes that moved by the token shift, e.g. a call turn forced to open with "
+            "`<tool_call>` where that probe fell), mean over seeds with the same interval; a run that showed no "
+            f"pattern (not collapsed, a content collapse) keeps its own rate. {code}by mode{code}: per collapse "
+            "mode, the number of runs and their mean success → mean restored success (content: nothing to forbid)."
         )
     return text
 
@@ -195,6 +211,7 @@ def main_markdown(summary: dict[str, Any]) -> str:
         ["group", "n"]
         + list(splits)
         + [f"{s} restored" for s in restored]
+        + [f"{s} restored by mode" for s in restored]
         + ["collapsed"]
         + [f"{s} p vs {r}" for r in refs for s in splits]
         + (["paper"] if summary.get("paper") else [])
@@ -204,6 +221,7 @@ def main_markdown(summary: dict[str, Any]) -> str:
         cells = [g["name"], str(g["n"])]
         cells += [_stat_cell(g["splits"][s], g["n"]) for s in splits]
         cells += [_stat_cell(g["restored"].get(s), g["n"]) for s in restored]
+        cells += [_by_mode_cell(g["restored"].get(s)) for s in restored]
         cells.append(_collapse_rate(g))
         for r in refs:
             for s in splits:
@@ -238,6 +256,19 @@ _COMPARISON_KEYS = (
 )
 
 
+_BY_MODE_COLUMNS = ("restored_token_runs", "restored_token_success", "restored_token_restored", "restored_content_runs")
+
+
+def _by_mode_columns(by_mode: dict[str, Any]) -> dict[str, Any]:
+    token, content = by_mode.get("token"), by_mode.get("content")
+    return {
+        "restored_token_runs": len(token["seeds"]) if token else 0,
+        "restored_token_success": token["success"] if token else None,
+        "restored_token_restored": token["restored"] if token else None,
+        "restored_content_runs": len(content["seeds"]) if content else 0,
+    }
+
+
 def main_csv(summary: dict[str, Any]) -> str:
     """Long format, one row per group and split. The restored statistics sit on their split's row
     (empty where the split was not probed); the collapse count is per group, repeated on each row;
@@ -253,6 +284,7 @@ def main_csv(summary: dict[str, Any]) -> str:
         *_STAT_KEYS,
         *(f"{r}_{k}" for r in REFERENCES for k in _COMPARISON_KEYS),
         *(f"restored_{k}" for k in _STAT_KEYS),
+        *_BY_MODE_COLUMNS,
         "collapsed",
         "collapse_rate",
         "paper",
@@ -276,6 +308,7 @@ def main_csv(summary: dict[str, Any]) -> str:
                 **{k: st[k] for k in _STAT_KEYS},
                 **{f"{r}_{k}": (_comparison(g, r, s) or {}).get(k) for r in REFERENCES for k in _COMPARISON_KEYS},
                 **{f"restored_{k}": rst.get(k) for k in _STAT_KEYS},
+                **_by_mode_columns(rst.get("by_mode") or {}),
                 "collapsed": c["collapsed"] if c and c["runs"] else None,
                 "collapse_rate": _collapse_rate(g) if c and c["runs"] else None,
                 "paper": g["paper"]["score"] if g.get("paper") and s == PAPER_SPLIT else None,

@@ -404,6 +404,12 @@ def make_splits(cfg: WorldConfig) -> dict[str, list[Task]]:
     }
 
 
+def validation_split(cfg: WorldConfig, n: int, taken: list[Task]) -> list[Task]:
+    """Held-out tasks of the training domains that no split in `taken` has: where hyper-parameters
+    are chosen (scripts/organism_search.py), so the test splits the tables report stay unseen."""
+    return _tasks(cfg, "val", cfg.train_domains, n, {signature(t) for t in taken})
+
+
 class Synthetic(Backend):
     name = "synthetic"
     summary = "the embedded world: four stateful domains, tasks generated from world.seed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,9 +12,11 @@ from transformers import PreTrainedTokenizerBase
 from toolrl import plugins
 from toolrl.config import Config, RolloutConfig
 from toolrl.core import rollout
-from toolrl.core.diagnostics import ForbidPatterns, forbid_rules
+from toolrl.core.diagnostics import ForbidPatterns, Pattern
 from toolrl.envs.base import Task
 from toolrl.formats import Format, get_format
+
+log = logging.getLogger(__name__)
 
 
 def split_source(cfg: Config, split: str) -> tuple[str, str]:
@@ -47,11 +51,19 @@ def run(
 
 
 def run_split(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config, split: str, tasks: list[Task]
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: Config,
+    split: str,
+    tasks: list[Task],
+    mode: str | None = None,
+    patterns: Sequence[Pattern] = (),
 ) -> dict[str, Any]:
     """The greedy evaluation; on `diagnostics.restore_splits` also the restoration probe: the same
-    evaluation with the collapsed patterns masked out, which tells a model that lost the skill
-    from one whose skill is only hidden behind a control-token spike."""
+    evaluation with the patterns the run's own collapse showed (`mode` and `patterns`, read from
+    its train log) masked out, which tells a model that lost the skill from one whose skill is only
+    hidden behind a control-token spike. A run that showed none (not collapsed, a content
+    collapse, the base model) keeps its own rate: a mask of nothing changes no greedy token."""
     _, fmt_name = split_source(cfg, split)
     fmt = get_format(fmt_name, cfg.world.prompt_style)
     # Simulated users (ACEBench's multi_turn), built before any episode: a bad key fails here.
@@ -59,7 +71,20 @@ def run_split(
     users = next((u for b in sorted({t.backend for t in tasks}) if (u := backends[b].users(cfg.world))), None)
     result = {"split": split, **run(model, tokenizer, tasks, fmt, cfg.rollout, users=users)}
     if split in cfg.diagnostics.restore_splits:
-        forbid = ForbidPatterns(forbid_rules(tokenizer, cfg.diagnostics.forbid))
-        restored = run(model, tokenizer, tasks, fmt, cfg.rollout, forbid, users)
-        result["restored"] = {k: restored[k] for k in ("success_rate", "format_error_rate", "n")}
+        # A pattern of a token this tokenizer splits (SmolLM2's `<tool_call>`) cannot be masked.
+        vocab = tokenizer.get_vocab()
+        maskable = [p for p in patterns if all(t in vocab for t in (p.after, *p.tokens) if t)]
+        for p in patterns:
+            if p not in maskable:
+                log.warning("restoration: '%s' is not maskable, a token of it is not one token here", p.name)
+        patterns = maskable
+        restored = result
+        if patterns:
+            restored = run(model, tokenizer, tasks, fmt, cfg.rollout, ForbidPatterns(tokenizer, patterns), users)
+        result["restored"] = {
+            "mode": mode,
+            "patterns": [p.name for p in patterns],
+            "probed": bool(patterns),
+            **{k: restored[k] for k in ("success_rate", "format_error_rate", "n")},
+        }
     return result

@@ -4,11 +4,18 @@ rule evaluate:
     input:
         data=rules.prepare.output,
         model=f"{SWEEP}/{{run}}/model",
+        # A run's restoration probe forbids what its own collapse showed (none for the base model).
+        train_log=lambda w: [] if w.run == "base" else f"{SWEEP}/{w.run}/train_log.jsonl",
     output:
         f"{SWEEP}/{{run}}/eval/{{split}}.json",
     params:
         config=RESOLVED,
-        stage=section_hash(CFG_DATA, "rollout", "diagnostics.restore_splits", "diagnostics.forbid"),
+        stage=section_hash(
+            CFG_DATA,
+            "rollout",
+            "diagnostics.restore_splits",
+            *(f"diagnostics.{k}" for k in ("window", "reward_drop", "token_shift", "pollution_rise")),
+        ),
         data=data_dir,
     threads: CFG.resources.threads
     resources:
