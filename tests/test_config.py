@@ -174,7 +174,7 @@ def test_grid_builds_only_the_meaningful_pairs():
     )
     pairs = {(c.signal, c.scheme) for c in grid(cfg)}
     assert pairs == {(s, x) for s, xs in cfg.sweep.pairs.items() for x in xs}
-    assert len(pairs) == 11 and len(grid(cfg)) == 11 * 2 * 3  # the paper's 10 and random_reward × rl
+    assert len(pairs) == 12 and len(grid(cfg)) == 12 * 2 * 3  # the paper's 10, random_reward × rl, sft × sft_only
     assert ("none", "sequential") not in pairs and ("ets", "rl") not in pairs
 
 

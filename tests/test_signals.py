@@ -240,6 +240,26 @@ def test_synchronous_sft_term_changes_the_gradient(splits, tokenizer, model, wei
         assert all(r["sync_sft_loss"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("scheme", ["sft_only", "synchronous"])
+def test_sft_only_gives_grpo_loss_no_weight(splits, tokenizer, model, monkeypatch, scheme):
+    """With GRPO's loss replaced by a large stand-in, the sft_only control trains exactly as with
+    a zero one (its update is the SFT term's alone), while synchronous moves elsewhere."""
+    start = copy.deepcopy(model.state_dict())
+
+    def trained(scale: float) -> list[torch.Tensor]:
+        def stand_in(self, model, inputs, *args, **kwargs):
+            return scale * sum(p.sum() for p in model.parameters())
+
+        monkeypatch.setattr(grpo.GRPOTrainer, "compute_loss", stand_in)
+        model.load_state_dict(start)
+        rows, _ = _train(tokenizer, splits, model, "sft", scheme)
+        assert all(r["sync_sft_loss"] > 0 for r in rows)
+        return [p.detach().clone() for p in model.parameters()]
+
+    same = all(torch.equal(a, b) for a, b in zip(trained(1e3), trained(0.0), strict=True))
+    assert same == (scheme == "sft_only")
+
+
 def test_interleaved_runs_sft_phases_in_one_trainer(splits, tokenizer, model):
     rows, trainer = _train(tokenizer, splits, model, "ets", "interleaved")
     assert [r["phase"] for r in rows] == ["rl", "sft", "sft", "rl"]

@@ -152,6 +152,9 @@ class Scheme(Plugin):
     """A training scheme: the job's phases, what runs before RL, and extra loss terms."""
 
     kind: ClassVar[str] = "schemes"
+    # The weight of GRPO's own loss: 0 keeps the rollouts (success, probes, the detector's data)
+    # and trains only on the scheme's and signal's loss terms.
+    rl_weight: ClassVar[float] = 1.0
 
     def rl_phases(self) -> list[int]:
         """RL phases, with an SFT phase of `sft_steps()` steps between consecutive ones."""

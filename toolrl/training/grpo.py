@@ -272,6 +272,7 @@ class ToolGRPOTrainer(GRPOTrainer):
         self.extra = extra
         # The scheme's terms first, then the signal's: each draws its expert batch from the pool.
         self.terms: list[LossTerm] = scheme.loss_terms(ctx) + signal.loss_terms(ctx)
+        self.rl_weight = scheme.rl_weight
         self.phase_rng = random.Random(ctx.seed)
         self._phase = -1
         self._examples: list[list[Message]] = []
@@ -325,7 +326,7 @@ class ToolGRPOTrainer(GRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         # TRL scales the GRPO loss of each micro-batch by 1/accumulation; each micro-batch draws
         # its share of each extra term's expert batch, weighted by that share.
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = self.rl_weight * super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         accum = self.current_gradient_accumulation_steps
         m = self._step % accum  # TRL's micro-step counter, advanced after this call
         for term in self.terms:

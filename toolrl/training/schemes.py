@@ -96,6 +96,23 @@ class Synchronous(Scheme):
         ]
 
 
+class SFTOnly(Synchronous):
+    """The control for the supervised signals: the synchronous scheme's expert batches, weight,
+    steps and learning rate, with GRPO's own loss weighted 0. Rollouts still run, so success,
+    the probes and the collapse detector read the same as in every other cell: whatever such a
+    cell gains or loses, the expert data did it alone."""
+
+    name = "sft_only"
+    summary = "the synchronous scheme's SFT term alone: rollouts are sampled and logged, GRPO's loss weighs 0"
+    config = None
+    reads = ("sft", "schemes.synchronous")
+    rl_weight = 0.0
+
+    @property
+    def section(self) -> Any:
+        return self.cfg.schemes.synchronous
+
+
 @dataclass
 class InterleavedConfig:
     """RL phases of `rl_phases` steps (summing to rl.steps, so every scheme gets the same RL
