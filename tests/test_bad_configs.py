@@ -45,7 +45,8 @@ TABLE: list[tuple[dict, str]] = [
     ),
     (
         {"sweep": {"schemes": ["sometimes"]}},
-        "config key 'sweep.schemes': unknown value 'sometimes' (choose from interleaved, rl, sequential, sft_only, synchronous)",
+        "config key 'sweep.schemes': unknown value 'sometimes' "
+        "(choose from interleaved, rl, sequential, sft_only, synchronous)",
     ),
     ({"sweep": {"learning_rates": [0.0]}}, "config key 'sweep.learning_rates': learning rate 0.0 must be > 0"),
     ({"sweep": {"seeds": []}}, "config key 'sweep.seeds': must not be empty"),
