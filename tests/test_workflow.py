@@ -198,3 +198,17 @@ def test_a_stage_prints_nothing_to_stdout(tmp_path):
         assert p.returncode == 2 and p.stdout == "" and "FROM-STDOUT" in p.stderr, (stage, p.stdout, p.stderr)
     p = subprocess.run([sys.executable, "-c", code, "schema"], capture_output=True, text=True)
     assert p.returncode == 0 and "FROM-STDOUT" in p.stdout and "properties" in p.stdout
+
+
+def test_every_plugin_name_matches_the_cell_wildcards():
+    """A signal or scheme whose name the rules' wildcard constraints cannot match would leave its
+    cells' files without a rule (sft_only, with an underscore, first did)."""
+    import ast
+
+    from toolrl import plugins
+
+    source = (ROOT / "workflow/rules/common.smk").read_text()
+    constraints = ast.literal_eval(re.search(r"^CELL_WILDCARDS = (\{.*\})$", source, re.M)[1])
+    for kind, names in (("signal", plugins.signals()), ("scheme", plugins.schemes())):
+        for name in names:
+            assert re.fullmatch(constraints[kind], name), f"{kind} {name!r} does not match {constraints[kind]!r}"

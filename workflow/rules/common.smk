@@ -65,7 +65,7 @@ PRETRAINED = [f"{SWEEP}/pretrained"] if is_gguf(CFG.model.name_or_path) else []
 # signal the batch shell alone.
 TRAIN_SLURM_EXTRA = f"'--signal=URG@{CFG.resources.signal_lead}'"
 CELL = "signal={signal}/scheme={scheme}/lr={lr}/seed={seed}"
-CELL_WILDCARDS = {"signal": "[a-z_]+", "scheme": "[a-z]+", "lr": "[0-9.e+-]+", "seed": "[0-9]+"}
+CELL_WILDCARDS = {"signal": "[a-z_]+", "scheme": "[a-z_]+", "lr": "[0-9.e+-]+", "seed": "[0-9]+"}
 RUN_DIRS = expand(
     f"{SWEEP}/runs/{CELL}",
     zip,
