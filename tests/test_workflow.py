@@ -41,12 +41,14 @@ def test_dry_run_lists_every_job(workdir):
     p = snakemake(workdir, "-n")
     assert p.returncode == 0, p.stderr
     counts = job_counts(p.stdout)
-    assert counts["train"] == 12  # none at two lrs, sft and ops at the collapsing one, 3 seeds
-    assert counts["evaluate"] == 36 + 3  # three evaluations per cell and three of the base model
+    # none, random_reward, ops and sft × synchronous at two lrs, sft × sft_only at the collapsing one
+    assert counts["train"] == 9 * 3
+    assert counts["evaluate"] == 81 + 3  # three evaluations per cell and three of the base model
     assert counts["aggregate"] == 1 and counts["warmup"] == 1 and counts["prepare"] == 1
-    assert counts["mlflow_init"] == 1 and counts["all"] == 1 and counts["total"] == 56
-    assert "signal=sft/scheme=synchronous/lr=1e-3/seed=2" in p.stdout
-    assert "signal=ops/scheme=rl/lr=3e-5" not in p.stdout
+    assert counts["mlflow_init"] == 1 and counts["all"] == 1 and counts["total"] == 116
+    assert "signal=sft/scheme=sft_only/lr=3e-4/seed=2" in p.stdout
+    assert "signal=ops/scheme=rl/lr=3e-5/seed=0" in p.stdout
+    assert "signal=sft/scheme=sft_only/lr=3e-5" not in p.stdout
 
 
 def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
@@ -56,13 +58,13 @@ def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
     assert p.returncode == 0, p.stderr
     d = "results/default"
     shells = re.findall(r"^Shell command: (python -m toolrl evaluate .*)$", p.stdout, re.M)
-    assert len(shells) == 39
+    assert len(shells) == 84
     base = [s for s in shells if " --run base " in s]
     assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
         f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")
     ]
     assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
-    cell = "signal=sft/scheme=synchronous/lr=1e-3/seed=2"
+    cell = "signal=sft/scheme=synchronous/lr=3e-4/seed=2"
     mine = [s for s in shells if f" --run runs/{cell} " in s]
     assert len(mine) == 3
     assert all(f"--model {d}/runs/{cell}/model " in s and f"--out {d}/runs/{cell}/eval/" in s for s in mine)
@@ -105,7 +107,7 @@ def test_config_overrides_reshape_the_grid(workdir):
         "'exclude': [], 'baseline': {'signal': 'none'}}",
     )
     assert p.returncode == 0, p.stderr
-    assert job_counts(p.stdout)["train"] == 3 * 5 * 2
+    assert job_counts(p.stdout)["train"] == 5 * 5 * 2  # the default's 5 pairs, 5 seeds, 2 lrs, none excluded
 
 
 @pytest.mark.parametrize(
