@@ -52,7 +52,7 @@ TABLE: list[tuple[dict, str]] = [
     ({"sweep": {"seeds": []}}, "config key 'sweep.seeds': must not be empty"),
     ({"sweep": {"seeds": [0, 0]}}, "config key 'sweep.seeds': must not repeat a seed"),
     (
-        {"sweep": {"exclude": [{"signal": "none"}, {"signal": "sft"}, {"signal": "ops"}]}},
+        {"sweep": {"exclude": [{"signal": s} for s in ("none", "random_reward", "sft", "ops")]}},
         "config key 'sweep.signals': no signal × scheme pair of the grid is in sweep.pairs "
         "(or sweep.exclude drops every cell)",
     ),

@@ -22,7 +22,9 @@ def test_default_config_loads_and_validates():
     validate(raw, SCHEMA)
     cells = grid(cfg)
     groups = {(c.signal, c.scheme, c.lr) for c in cells}
-    assert groups == {("none", "rl", 3e-5), ("none", "rl", 1e-3), ("sft", "synchronous", 1e-3), ("ops", "rl", 1e-3)}
+    both = {(s, x, lr) for s, x in (("none", "rl"), ("random_reward", "rl"), ("ops", "rl"), ("sft", "synchronous"))
+            for lr in (3e-5, 3e-4)}  # fmt: skip
+    assert groups == both | {("sft", "sft_only", 3e-4)}
     assert len(cells) == len(groups) * len(cfg.sweep.seeds)
 
 
