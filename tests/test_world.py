@@ -9,7 +9,7 @@ from toolrl.config import WorldConfig
 from toolrl.core.episode import Episode, expert_messages
 from toolrl.envs.base import Call, Task
 from toolrl.envs.data import make_splits
-from toolrl.envs.synthetic import DOMAINS, Bank, make_task, signature
+from toolrl.envs.synthetic import DOMAINS, Bank, make_task, signature, validation_split
 from toolrl.formats import get_format
 
 
@@ -27,6 +27,16 @@ def test_eval_tasks_are_held_out(splits, world):
     assert {t.domain for t in splits["rl"] + splits["id"]} <= set(world.train_domains)
     assert {t.domain for t in splits["content_ood"]} <= set(world.ood_domains)
     assert set(world.ood_domains) <= {t.domain for t in splits["warmup"]}  # warm-up covers them
+
+
+def test_validation_split_is_apart_from_every_other(splits, world):
+    """Where the knob search chooses (scripts/organism_search.py): training domains, no task that
+    any split has, the same tasks every time."""
+    taken = [t for v in splits.values() for t in v]
+    val = validation_split(world, 32, taken)
+    assert len(val) == 32 and {t.domain for t in val} <= set(world.train_domains)
+    assert not {signature(t) for t in taken} & {signature(t) for t in val}
+    assert [t.to_json() for t in validation_split(world, 32, taken)] == [t.to_json() for t in val]
 
 
 def test_task_shape(splits):
