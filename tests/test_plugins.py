@@ -6,6 +6,7 @@ No file under toolrl/ names it."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,8 @@ def test_the_registry_and_the_config_take_the_installed_signal(site):
         cwd=site,
     ).stdout
     assert f"{NAME} " in listing and "[toy_nudge]" in listing
+    named = [line for line in listing.splitlines() if re.match(r"  \S", line)]
+    assert len({re.match(r"  \S+ +", line).end() for line in named}) == 1  # one column, however long a name
     schema = subprocess.run(
         [sys.executable, "-m", "toolrl", "schema"], capture_output=True, text=True, check=True, env=os.environ, cwd=site
     ).stdout

@@ -297,13 +297,16 @@ def cmd_signals(args: argparse.Namespace) -> None:
     def where(cls: type) -> str:
         return "" if cls.__module__.startswith("toolrl.") else f"  [{cls.__module__}]"
 
+    signals, schemes = plugins.signals(), plugins.schemes()
+    w = max(map(len, [*signals, *schemes]))  # the name column, as wide as the longest name
+    c = max(len(", ".join(cls.schemes)) for cls in signals.values())
     print("signals (signal: schemes it pairs with; config sections a cell reads)")
-    for name, cls in plugins.signals().items():
-        print(f"  {name:<12} {', '.join(cls.schemes):<38} {', '.join(cls.sections()) or '-'}{where(cls)}")
-        print(f"  {'':<12} {cls.summary}")
+    for name, cls in signals.items():
+        print(f"  {name:<{w}} {', '.join(cls.schemes):<{c}} {', '.join(cls.sections()) or '-'}{where(cls)}")
+        print(f"  {'':<{w}} {cls.summary}")
     print("schemes (scheme: config sections a cell reads)")
-    for name, cls in plugins.schemes().items():
-        print(f"  {name:<12} {', '.join(cls.sections()) or '-':<38} {cls.summary}{where(cls)}")
+    for name, cls in schemes.items():
+        print(f"  {name:<{w}} {', '.join(cls.sections()) or '-':<{c}} {cls.summary}{where(cls)}")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
