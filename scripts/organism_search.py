@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None)
     args = p.parse_args()
-    out = args.out.resolve()
+    out, base = args.out.resolve(), args.base.resolve()  # the jobs run in the checkout
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = OmegaConf.load(ROOT / "config.yaml")
     base_cfg.results_dir = str(out / "sweep")
@@ -125,18 +125,18 @@ def main() -> None:
     if not (val / "id.jsonl").exists():
         world = load(out / names[0] / "config.yaml").world
         splits = ("warmup", "rl", "id", "content_ood")
-        taken = [t for s in splits for t in read_tasks(args.base / "data" / f"{s}.jsonl")]
+        taken = [t for s in splits for t in read_tasks(base / "data" / f"{s}.jsonl")]
         write_splits({"id": validation_split(world, args.val_tasks, taken)}, val)
     if not (out / "experiment.json").exists():
         run([sys.executable, "-m", "toolrl", "mlflow-init", "--config", str(out / names[0] / "config.yaml"),
              "--out", str(out / "experiment.json")], out / "mlflow_init.log")  # fmt: skip
     if not (out / "base_val.json").exists():
         run([sys.executable, "-m", "toolrl", "evaluate", "--config", str(out / names[0] / "config.yaml"),
-             "--threads", "1", "--data", str(val), "--model", str(args.base / "base/model"), "--split", "id",
+             "--threads", "1", "--data", str(val), "--model", str(base / "base/model"), "--split", "id",
              "--run", "base", "--out", str(out / "base_val.json")], out / "base_val.log")  # fmt: skip
     jobs = [(n, s) for n in names for s in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: one(job[0], job[1], args.base.resolve(), out, val), jobs))
+        results = list(pool.map(lambda job: one(job[0], job[1], base, out, val), jobs))
     with (out / "runs.jsonl").open("w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
