@@ -102,6 +102,11 @@ class Pattern:
     tokens: tuple[str, ...]
     only: bool = False
 
+    @property
+    def spelled_in(self) -> tuple[str, ...]:
+        """The token strings the pattern is written in: each must be one token of the vocabulary."""
+        return ((self.after,) if self.after else ()) + self.tokens
+
 
 CONTEXTS = ("call", "reply")  # an assistant message right after a user turn, or after a tool's answer
 
@@ -164,7 +169,7 @@ class ForbidPatterns(LogitsProcessor):
         vocab = tokenizer.get_vocab()
         self.rules = []
         for i, p in enumerate(patterns):
-            for tok in ([p.after] if p.after else []) + list(p.tokens):
+            for tok in p.spelled_in:
                 if tok not in vocab:
                     # A rule that silently matched nothing would mask nothing.
                     raise ValueError(f"config key '{key}[{i}]': '{tok}' is not a single token of this tokenizer")

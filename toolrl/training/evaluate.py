@@ -73,7 +73,7 @@ def run_split(
     if split in cfg.diagnostics.restore_splits:
         # A pattern of a token this tokenizer splits (SmolLM2's `<tool_call>`) cannot be masked.
         vocab = tokenizer.get_vocab()
-        maskable = [p for p in patterns if all(t in vocab for t in (p.after, *p.tokens) if t)]
+        maskable = [p for p in patterns if all(t in vocab for t in p.spelled_in)]
         for p in patterns:
             if p not in maskable:
                 log.warning("restoration: '%s' is not maskable, a token of it is not one token here", p.name)
