@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/rollout_throughput.py --against 22b6822   # vs the engine at a revision
 
 The question: GRPO samples `--group-size` rollouts of each of `--prompts` tasks every step.
-`toolrl.core.rollout.run` advances all unfinished episodes together (one `model.generate` per round,
+`toolrl.core.rollout.run` advances all unfinished episodes together (one decoding pass per round,
 finished episodes drop out, then every environment answers). The baseline is the plain loop:
 the same engine called once per episode, so every `generate` has a batch of one. Everything else
 is shared: the model, tokenizer, chat template, environments, sampling (temperature 1.0, top-p 1,
@@ -24,7 +24,7 @@ episodes differ and so do their token counts; tokens/s, not wall time, is theref
 The ratio (batched tokens/s ÷ per-episode tokens/s) is what to report: above 1 the batched engine
 is faster. The issue's target is ≥ 5× at group size 8. Absolute times depend on the machine and
 its load; each repeat runs the two sides back to back (in alternating order) and the median of
-the per-repeat ratios is printed. `gen s` is the time inside `generate`; the rest of `wall s` is
+the per-repeat ratios is printed. `gen s` is the time spent decoding; the rest of `wall s` is
 the environments, the chat template and the tokenizer, which batching does not speed up.
 
 Without `--model` the tiny default model is built in-process exactly as the warm-up builds it
@@ -174,25 +174,55 @@ def _draw(answers: bool, n: int, device: torch.device) -> torch.Tensor:
 
 
 class Timed:
-    """Wraps `model.generate` (an instance attribute, so `rollout.run` calls it) to count the calls
-    and the seconds spent inside them; on CUDA each call is synchronised at both ends. With
-    `shape=(eos, call, response_end)` it adds a fresh `LengthShaper` to each call's logits processors."""
+    """Wraps the call that decodes a round, to count the calls and the seconds spent inside them
+    (on CUDA each call is synchronised at both ends): an engine's `_decode` (`wrap`), or
+    `model.generate` (an instance attribute, so `rollout.run` calls it) in engines from before
+    `_decode` existed. With `shape=(eos, call, response_end)` it adds a fresh `LengthShaper` to
+    each call's logits processors."""
 
     def __init__(self, model: torch.nn.Module, sync: Callable[[], None], shape: tuple[int, int, int] | None):
-        self.inner = model.generate
         self.sync = sync
         self.shape = shape
         self.seconds = 0.0
         self.calls = 0
-        model.generate = self  # type: ignore[method-assign]
+        inner = model.generate
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.shape is not None:
-            shaper = LengthShaper(kwargs["input_ids"].shape[1], *self.shape)
-            kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), shaper]
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            if self.shape is not None:
+                kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), self.shaper(kwargs["input_ids"])]
+            return self.timed(inner, *args, **kwargs)
+
+        model.generate = generate  # type: ignore[method-assign]
+
+    def wrap(self, engine: ModuleType) -> None:
+        """Time `engine._decode` (model, batch, budget, sample, temperature, processors, eos, pad)."""
+        inner = getattr(engine, "_decode", None)
+        if inner is None:
+            return
+
+        def decode(
+            model: torch.nn.Module,
+            batch: Any,
+            budget: int,
+            sample: bool,
+            temperature: float,
+            processors: list[Any],
+            *rest: Any,
+        ) -> Any:
+            if self.shape is not None:
+                processors = [*processors, self.shaper(batch.ids)]
+            return self.timed(inner, model, batch, budget, sample, temperature, processors, *rest)
+
+        engine._decode = decode  # type: ignore[attr-defined]
+
+    def shaper(self, input_ids: torch.Tensor) -> LengthShaper:
+        assert self.shape is not None
+        return LengthShaper(input_ids.shape[1], *self.shape)
+
+    def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self.sync()
         t0 = time.perf_counter()
-        out = self.inner(*args, **kwargs)
+        out = fn(*args, **kwargs)
         self.sync()
         self.seconds += time.perf_counter() - t0
         self.calls += 1
@@ -343,6 +373,8 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="toolrl-engine-")  # removed at exit
     if args.against:
         base_engine, base_batched = engine_at(args.against, Path(scratch.name)), True
+    for engine in {rollout, base_engine}:
+        timer.wrap(engine)
 
     # Warm-up (kernels, allocator, the tokenizer's caches): one group on each side.
     run_side(True, model, tokenizer, tasks[: args.group_size], fmt, r, args.seed + 10_000, timer)
@@ -387,7 +419,7 @@ def main() -> None:
             f"{med.calls:>9d} {med.messages / med.episodes:>8.2f} {med.tokens / med.messages:>8.1f} "
             f"{med.truncated:>6d}"
         )
-    print("(the median repeat of each side; generate = model.generate calls; trunc = episodes cut by a budget)")
+    print("(the median repeat of each side; generate = decoding calls, one a round; trunc = episodes cut by a budget)")
     print(f"per-repeat ratios: {', '.join(f'{x:.2f}' for x in ratios)}")
     print(f"ratio (batched / {baseline}): {statistics.median(ratios):.2f}×")
 

@@ -16,28 +16,25 @@ from toolrl.models.model import build_tiny_model
 
 
 class ScriptedModel(torch.nn.Module):
-    """Stands in for a policy: `generate` emits the expert's next assistant message for each row,
-    so the rollout must reproduce the expert trajectory exactly."""
+    """Stands in for a policy: its `decode` (patched in for `rollout._decode`) emits the expert's
+    next assistant message for each row, so the rollout must reproduce the expert trajectory exactly."""
 
-    def __init__(self, tokenizer, scripts: dict[int, list[list[int]]]):
+    def __init__(self, scripts: dict[tuple[int, ...], list[list[int]]]):
         super().__init__()
-        self.tokenizer = tokenizer
-        self.scripts = scripts  # first prompt token count → queue of messages (ids incl. <|im_end|>)
-        self.device = torch.device("cpu")
+        self.scripts = scripts  # first prompt's tokens → queue of messages (ids incl. <|im_end|>)
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+    def decode(self, batch: rollout.Batch, budget: int, pad: int) -> torch.Tensor:
         rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+        for ids, mask in zip(batch.ids.tolist(), batch.mask.tolist(), strict=True):
             real = [i for i, m in zip(ids, mask, strict=True) if m]
             key = next(k for k in self.scripts if real[: len(k)] == list(k))
-            rows.append(self.scripts[key].pop(0)[:max_new_tokens])
+            rows.append(self.scripts[key].pop(0)[:budget])
         width = max(map(len, rows))
-        new = [r + [pad_token_id] * (width - len(r)) for r in rows]
-        return torch.cat([input_ids, torch.tensor(new)], dim=1)
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
 
 
 @pytest.mark.parametrize("fmt_name", ["json", "python"])
-def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
+def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name, monkeypatch):
     fmt = get_format(fmt_name)
     tasks = splits["warmup"][:12]
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -48,7 +45,8 @@ def test_mask_covers_exactly_the_sampled_tokens(splits, tokenizer, fmt_name):
         scripts[prompt] = [rollout.encode(tokenizer, m["content"]) + [eos] for m in msgs if m["role"] == "assistant"]
         full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         expected[t.id] = (full["input_ids"], full["assistant_masks"])
-    model = ScriptedModel(tokenizer, scripts)
+    model = ScriptedModel(scripts)
+    monkeypatch.setattr(rollout, "_decode", lambda model, batch, budget, *rest: model.decode(batch, budget, rest[-1]))
     results = rollout.run(
         model, tokenizer, tasks, fmt, RolloutConfig(max_total_tokens=4000), sample=False, batch_size=5
     )
@@ -124,22 +122,22 @@ def test_expert_replay_matches_the_chat_template(splits, tokenizer, fmt_name):
         assert r.env_mask == full["assistant_masks"][n:-1]
 
 
-def test_hint_is_sampled_but_not_scored(splits, tokenizer):
+def test_hint_is_sampled_but_not_scored(splits, tokenizer, monkeypatch):
     """HBG: the hint is in the prompt the policy samples from and absent from the scored prompt."""
     fmt = get_format("json")
     tasks = splits["rl"][:4]
     model = build_tiny_model(TinyModelConfig(), tokenizer, seed=0)
     seen: list[list[int]] = []
-    real_generate = model.generate
+    real_decode = rollout._decode
 
-    def spy(input_ids, attention_mask, **kw):
+    def spy(model, batch, *args, **kw):
         seen.extend(
             [i for i, m in zip(ids, mask, strict=True) if m]
-            for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
+            for ids, mask in zip(batch.ids.tolist(), batch.mask.tolist(), strict=True)
         )
-        return real_generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return real_decode(model, batch, *args, **kw)
 
-    model.generate = spy
+    monkeypatch.setattr(rollout, "_decode", spy)
     hints = ["Hint: call get_balance first.", None, "Hint: call get_balance first.", None]
     torch.manual_seed(0)
     rs = rollout.run(model, tokenizer, tasks, fmt, RolloutConfig(max_new_tokens=8), sample=True, hints=hints)
@@ -212,7 +210,7 @@ class StopAfter(LogitsProcessor):
         return torch.where((step + 1 >= target)[:, None], only_eos, no_eos)
 
 
-def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
+def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer, monkeypatch):
     """Rounds after the first encode only the environment's new tokens (the cache holds the rest,
     padding inside masked out), and every logit is that of the episode played alone: the same
     context, attention and positions (float64, greedy)."""
@@ -221,12 +219,22 @@ def test_reused_cache_matches_encoding_each_episode_alone(splits, tokenizer):
         tokenizer,
         seed=0,
     ).double()
-    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     logits: dict[tuple[int, ...], torch.Tensor] = {}
-    real_generate = model.generate
-    model.generate = lambda input_ids, **kw: real_generate(  # type: ignore[method-assign]
-        input_ids=input_ids,
-        **{**kw, "logits_processor": [*kw["logits_processor"], StopAfter(input_ids.shape[1], eos, pad, logits)]},
+    real_decode = rollout._decode
+    monkeypatch.setattr(
+        rollout,
+        "_decode",
+        lambda model, batch, budget, sample, temperature, processors, eos_id, pad: real_decode(
+            model,
+            batch,
+            budget,
+            sample,
+            temperature,
+            [*processors, StopAfter(batch.width, eos, pad, logits)],
+            eos_id,
+            pad,
+        ),
     )
     fed: list[int] = []
     model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
@@ -303,3 +311,46 @@ def test_rollouts_sample_the_policy_whatever_the_checkpoints_generation_config(s
     assert direct() != clean[2], "the settings must change plain generation, or the test proves nothing"
     assert (completions(False), completions(True)) == clean[:2]
     assert model.generation_config is gc and gc.repetition_penalty == 5.0
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_decode_is_generate_with_finished_rows_left_out(tokenizer, sample):
+    """`_decode` gives `generate`'s tokens and random draws (same seed, processors, temperature),
+    while each row leaves the forward pass once its `<|im_end|>` is fed (StopAfter ends the rows'
+    messages at different steps)."""
+    from types import SimpleNamespace
+
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64),
+        tokenizer,
+        seed=0,
+    ).double()
+    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    texts = ["call get_balance", "hello", "what is on my calendar for today, please?", "x", "turn the lights on"] * 2
+    contexts = [
+        SimpleNamespace(prompt_ids=rollout.encode(tokenizer, t), sample_prompt_ids=None, completion_ids=[])
+        for t in texts
+    ]
+    batch = rollout.Batch(contexts, pad)  # type: ignore[arg-type]
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    torch.manual_seed(5)
+    ours = rollout._decode(model, batch, 24, sample, 0.7, [StopAfter(batch.width, eos, pad, {})], eos, pad)
+    torch.manual_seed(5)
+    theirs = model.generate(
+        input_ids=batch.ids,
+        attention_mask=batch.mask,
+        max_new_tokens=24,
+        do_sample=sample,
+        **({"temperature": 0.7, "top_k": 0, "top_p": 1.0} if sample else {}),
+        eos_token_id=eos,
+        pad_token_id=pad,
+        logits_processor=[StopAfter(batch.width, eos, pad, {})],
+    )[:, batch.width :]
+    assert ours.tolist() == theirs.tolist()
+    lengths = [row.index(eos) + 1 if eos in row else len(row) for row in ours.tolist()]
+    assert len(set(lengths)) >= 3, lengths  # rows end at different steps, or nothing left early
+    ours_rows = rows[: ours.shape[1]]  # the prefill, then one forward per fed step
+    assert ours_rows[0] == len(texts)
+    # The forward after step k feeds token k of every row still generating: those of length > k.
+    assert ours_rows[1:] == [sum(n > k for n in lengths) for k in range(ours.shape[1] - 1)]

@@ -1,26 +1,26 @@
 """The batched multi-turn rollout engine, shared by GRPO sampling and greedy evaluation.
 
-All unfinished episodes advance together: one `generate` call produces the next assistant message
+All unfinished episodes advance together: one decoding pass produces the next assistant message
 of every active episode (finished ones drop out of the batch), then each environment answers and
 its tokens are appended. Once the active episodes fit in one batch, that batch keeps its KV cache
 from round to round, so a round encodes only the tokens the environment inserted instead of every
-episode's whole context again. The loss mask is built here, token by token: 1 for every token the model
-sampled (its `<|im_end|>` included), 0 for every token the rollout inserted. Masking bugs of this
-kind are a known cause of collapse in other frameworks, so tests check the mask exactly.
+episode's whole context again. Within a round, a row whose message has ended leaves the forward
+pass (`_decode`), so a round costs the tokens sampled, not rows × its longest message. The loss
+mask is built here, token by token: 1 for every token the model sampled (its `<|im_end|>`
+included), 0 for every token the rollout inserted. Masking bugs of this kind are a known cause of
+collapse in other frameworks, so tests check the mask exactly.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers import DynamicCache, LogitsProcessor, PreTrainedTokenizerBase
 
 from toolrl.config import RolloutConfig
 from toolrl.core.diagnostics import ControlTokenProbe, ForbidPatterns
@@ -59,10 +59,6 @@ class Rollout:
 # GPU work, making a 32-episode batched rollout 5× slower than in fp32 (which takes another kernel).
 GENERATION_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-# `generate`'s keyword for a cache to continue from: `past_key_values` until transformers renamed it
-# `cache` (after 5.20; the old name warns until 6.0), together with the same field of its output.
-CACHE_KWARG = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
-
 Users = Callable[[Task], "User | None"]
 # A batch of token-id contexts → the sampled continuation of each (TRL's vLLM engine, say) and,
 # if the engine reports them, each sampled token's log-probability.
@@ -88,33 +84,6 @@ def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return out
 
 
-# What a neutral generation config keeps from the checkpoint's: the special tokens, nothing that
-# reshapes the distribution.
-_SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-
-
-@contextmanager
-def policy_sampling(model: torch.nn.Module) -> Iterator[None]:
-    """Generate from the policy itself: swap the checkpoint's `generation_config` for a neutral one
-    while the rollout runs, and put it back after (saved checkpoints keep theirs).
-
-    transformers fills every setting a `generate` call leaves unset from `model.generation_config`,
-    and real checkpoints set some the loss does not model: Qwen2.5-Instruct's has a repetition
-    penalty, others no-repeat n-grams, minimum lengths or bad words. Rollouts would then be drawn
-    from another distribution than the one GRPO scores, and greedy evaluation would not be greedy.
-    Passing neutral values as arguments cannot undo list-valued settings (None means "unset"), so
-    the config itself is replaced."""
-    original = getattr(model, "generation_config", None)
-    if original is None:  # an engine stand-in without one (tests)
-        yield
-        return
-    model.generation_config = GenerationConfig(**{k: getattr(original, k, None) for k in _SPECIAL_TOKENS})
-    try:
-        yield
-    finally:
-        model.generation_config = original
-
-
 @torch.no_grad()
 def run(
     model: torch.nn.Module,
@@ -134,8 +103,8 @@ def run(
 
     `hints[i]`, when set, is appended to task i's system prompt for sampling only (HBG); the
     returned `prompt_ids` never contain it. `forbid` masks collapsed patterns while generating.
-    `generate` replaces `model.generate` (vLLM during GRPO); it has no logits processors, so the
-    control-token probes are not recorded and `forbid` cannot be applied with it."""
+    `generate` replaces the model's own decoding (vLLM during GRPO); it has no logits processors,
+    so the control-token probes are not recorded and `forbid` cannot be applied with it."""
     if generate is not None and forbid is not None:
         raise ValueError("the collapse mask (forbid) needs transformers generation, not an external engine")
     rollouts = []
@@ -174,7 +143,7 @@ def run(
                     Batch(active[s : s + batch_size], tokenizer.pad_token_id) for s in range(0, len(active), batch_size)
                 ]
             for batch in batches:
-                with sdpa_kernel(GENERATION_ATTENTION), policy_sampling(model):
+                with sdpa_kernel(GENERATION_ATTENTION):
                     _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id)
     finally:
         model.train(was_training)
@@ -271,32 +240,13 @@ def _advance(
 ) -> None:
     """Generate one assistant message for each rollout in `batch`, then let each env answer."""
     budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(batch.lengths)))
-    width = batch.width
     pad = tokenizer.pad_token_id
     probe.reset()
-    processors: list[Any] = [probe]
+    processors: list[LogitsProcessor] = [probe]
     if forbid is not None:
-        forbid.reset(width, ["reply" if r.messages[-1]["role"] == "tool" else "call" for r in batch.rollouts])
+        forbid.reset(batch.width, ["reply" if r.messages[-1]["role"] == "tool" else "call" for r in batch.rollouts])
         processors.append(forbid)
-    gen_kwargs: dict[str, Any] = {
-        "do_sample": sample,
-        "max_new_tokens": budget,
-        "eos_token_id": eos_id,
-        "pad_token_id": pad,
-        "logits_processor": processors,
-    }
-    if sample:
-        gen_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(
-        input_ids=batch.ids.to(model.device),
-        attention_mask=batch.mask.to(model.device),
-        use_cache=True,
-        **{CACHE_KWARG: batch.cache},
-        **gen_kwargs,
-    )
-    new = out[:, width:].cpu()
+    new = _decode(model, batch, budget, sample, temperature, processors, eos_id, pad).cpu()
     lengths = []
     for row in new.tolist():
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
@@ -309,6 +259,116 @@ def _advance(
         _consume(tokenizer, r, row[:n], eos_id, cfg)
         inserted.append(r.completion_ids[before:])
     batch.append(new, lengths, inserted)
+
+
+@torch.no_grad()
+def _decode(
+    model: torch.nn.Module,
+    batch: Batch,
+    budget: int,
+    sample: bool,
+    temperature: float,
+    processors: Sequence[LogitsProcessor],
+    eos_id: int,
+    pad: int,
+) -> torch.Tensor:
+    """Up to `budget` new tokens per row (rows × steps, `pad` after a row's EOS), continuing
+    `batch.cache` and leaving in it, as `generate` would, each row's keys up to its last fed token.
+
+    Written by hand because `generate` keeps a finished row in the forward pass until the batch's
+    longest message ends, and has no option not to. Here a row leaves once its EOS is fed (its
+    keys are set aside and padded back on at the end, masked as `Batch.append` masks them). The
+    rest is `generate`'s sampling, step for step: the logits processors see every row, then the
+    temperature, then one draw for every row, so each row draws the random numbers it would draw
+    under `generate`. The checkpoint's `generation_config` (a repetition penalty, say) is never
+    read: rollouts are drawn from the distribution GRPO scores and greedy evaluation is greedy."""
+    device = model.device
+    rows = batch.ids.shape[0]
+    cache = batch.cache
+    cached = cache.get_seq_length()
+    ids, mask = batch.ids.to(device), batch.mask.to(device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    # Every forward's mask: the context's, then ones for the tokens fed after it.
+    attention = torch.cat([mask, mask.new_ones(rows, budget)], 1)
+    next_position = mask.sum(-1)
+    # The forward's keyword for the cache: `past_key_values` until transformers renamed it `cache`
+    # (after 5.20; the old name warns until 6.0).
+    past = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    logits = (
+        model(
+            input_ids=ids[:, cached:],
+            attention_mask=mask,
+            position_ids=positions[:, cached:],
+            **past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        .logits[:, -1]
+        .float()
+    )
+    scores = logits.new_zeros(rows, logits.shape[-1])
+    new = torch.full((rows, budget), pad, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    alive = torch.arange(rows, device=device)  # the rows in the cache, in its order
+    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+    for step in range(budget):
+        scores.zero_()
+        scores[alive] = logits
+        step_scores = scores
+        for processor in processors:
+            step_scores = processor(torch.cat([ids, new[:, :step]], 1), step_scores)
+        if sample:
+            if temperature != 1.0:
+                step_scores = step_scores / temperature
+            token = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            token = step_scores.argmax(dim=-1)
+        token = token.masked_fill(finished, pad)
+        new[:, step] = token
+        finished |= token == eos_id
+        if step == budget - 1 or bool(finished.all()):
+            new = new[:, : step + 1]
+            break
+        logits = (
+            model(
+                input_ids=token[alive, None],
+                attention_mask=attention[alive, : ids.shape[1] + step + 1],
+                position_ids=(next_position[alive] + step)[:, None],
+                **past,
+                use_cache=True,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        leaving = finished[alive]
+        if bool(leaving.any()):
+            staying = (~leaving).nonzero().squeeze(1)
+            set_aside.append((alive[leaving], [(layer.keys[leaving], layer.values[leaving]) for layer in cache.layers]))
+            cache.batch_select_indices(staying)
+            alive, logits = alive[staying], logits[staying]
+    if set_aside:
+        _pad_back(cache, rows, alive, set_aside)
+    return new
+
+
+def _pad_back(
+    cache: DynamicCache,
+    rows: int,
+    alive: torch.Tensor,
+    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]],
+) -> None:
+    """Put the rows that left `_decode` early back into `cache` at their places, their keys
+    zero-padded on the right to the longest row's length (padding `Batch.append` masks out)."""
+    for i, layer in enumerate(cache.layers):
+        keys, values = layer.keys, layer.values
+        full_k = keys.new_zeros(rows, *keys.shape[1:])
+        full_v = values.new_zeros(rows, *values.shape[1:])
+        full_k[alive], full_v[alive] = keys, values
+        for where, kept in set_aside:
+            k, v = kept[i]
+            full_k[where, :, : k.shape[2]] = k
+            full_v[where, :, : v.shape[2]] = v
+        layer.keys, layer.values = full_k, full_v
 
 
 def _advance_with(
