@@ -8,9 +8,9 @@ Our side is the real workflow (Snakefile, workflow/rules/*.smk, config.yaml) ove
 valid signal × scheme pair (10 pairs of `sweep.pairs`) × `--lrs` learning rates × `--seeds` seeds:
 10 × 5 × 40 = 2,000 train jobs by default. The bare side is a Snakefile generated in a temporary
 folder with the same stages, wildcards, `expand` calls, output files and dependencies (prepare,
-mlflow_init, warmup, train per cell, evaluate per cell × split and for the base model × split,
-aggregate, all) but no config, no imports, no params and `touch` for a shell; the script checks
-that both plan the same number of jobs of each rule. What is left between the two is what our
+mlflow_init, warmup, train per cell, evaluate per cell and for the base model, every split in one
+job, aggregate, all) but no config, no imports, no params and `touch` for a shell; the script
+checks that both plan the same number of jobs of each rule. What is left between the two is what our
 workflow adds to planning: config loading and validation, hashing, imports, params and input
 functions.
 
@@ -52,11 +52,10 @@ RUN_DIRS = expand(f"{{SWEEP}}/runs/{{CELL}}", zip, signal={signals!r}, scheme={s
 
 wildcard_constraints:
     signal="[a-z_]+",
-    scheme="[a-z]+",
+    scheme="[a-z_]+",
     lr="[0-9.e+-]+",
     seed="[0-9]+",
-    split="|".join(SPLITS),
-    run="base|runs/signal=[a-z_]+/scheme=[a-z]+/lr=[0-9.e+-]+/seed=[0-9]+",
+    run="base|runs/signal=[a-z_]+/scheme=[a-z_]+/lr=[0-9.e+-]+/seed=[0-9]+",
 
 
 rule all:
@@ -108,7 +107,7 @@ rule evaluate:
         data=rules.prepare.output,
         model=f"{{SWEEP}}/{{{{run}}}}/model",
     output:
-        f"{{SWEEP}}/{{{{run}}}}/eval/{{{{split}}}}.json",
+        expand(f"{{SWEEP}}/{{{{{{{{run}}}}}}}}/eval/{{{{split}}}}.json", split=SPLITS),
     shell:
         "touch {{output}}"
 

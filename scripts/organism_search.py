@@ -72,9 +72,9 @@ def one(name: str, seed: int, base: Path, out: Path, val: Path) -> dict[str, Any
         run_dir / "train.log",
     )  # fmt: skip
     run(
-        [*py, "evaluate", *common, "--data", str(val), "--model", str(run_dir / "model"), "--split", "id",
+        [*py, "evaluate", *common, "--data", str(val), "--model", str(run_dir / "model"), "--splits", "id",
          "--run", f"runs/signal={signal}/scheme={scheme}/lr={format_lr(lr)}/seed={seed}",
-         "--out", str(run_dir / "val.json")],
+         "--out-dir", str(run_dir / "val")],
         run_dir / "eval.log",
     )  # fmt: skip
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
@@ -86,7 +86,7 @@ def one(name: str, seed: int, base: Path, out: Path, val: Path) -> dict[str, Any
     result = {
         "variant": name,
         "seed": seed,
-        "val": json.loads((run_dir / "val.json").read_text())["success_rate"],
+        "val": json.loads((run_dir / "val" / "id.json").read_text())["success_rate"],
         "sampled_first": mean(r["success"] for r in rl[:q]),
         "sampled_last": mean(r["success"] for r in rl[-q:]),
         "collapsed": verdict["collapsed"],
@@ -130,17 +130,17 @@ def main() -> None:
     if not (out / "experiment.json").exists():
         run([sys.executable, "-m", "toolrl", "mlflow-init", "--config", str(out / names[0] / "config.yaml"),
              "--out", str(out / "experiment.json")], out / "mlflow_init.log")  # fmt: skip
-    if not (out / "base_val.json").exists():
+    if not (out / "base_val" / "id.json").exists():
         run([sys.executable, "-m", "toolrl", "evaluate", "--config", str(out / names[0] / "config.yaml"),
-             "--threads", "1", "--data", str(val), "--model", str(base / "base/model"), "--split", "id",
-             "--run", "base", "--out", str(out / "base_val.json")], out / "base_val.log")  # fmt: skip
+             "--threads", "1", "--data", str(val), "--model", str(base / "base/model"), "--splits", "id",
+             "--run", "base", "--out-dir", str(out / "base_val")], out / "base_val.log")  # fmt: skip
     jobs = [(n, s) for n in names for s in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: one(job[0], job[1], base, out, val), jobs))
     with (out / "runs.jsonl").open("w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
-    print(f"base val success: {100 * json.loads((out / 'base_val.json').read_text())['success_rate']:.1f}%")
+    print(f"base val success: {100 * json.loads((out / 'base_val' / 'id.json').read_text())['success_rate']:.1f}%")
     print("| variant | seeds | val success % (each seed) | sampled 1st → last quarter | collapsed (mode, step) |")
     print("|---|---:|---|---|---|")
     for name in names:

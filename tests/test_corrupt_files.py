@@ -229,10 +229,10 @@ def test_evaluate_job_names_a_damaged_checkpoint_and_a_damaged_task_file(good, t
         str(config),
         "--data",
         str(data),
-        "--split",
+        "--splits",
         "id",
-        "--out",
-        str(out),
+        "--out-dir",
+        str(out.parent),
         "--run",
         "base",
     ]

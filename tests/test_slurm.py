@@ -34,7 +34,7 @@ SCRIPT = ROOT / "scripts" / "ci_slurm.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 GPU_RULES = {"warmup", "train", "evaluate"}
 CPU_RULES = {"prepare", "mlflow_init", "aggregate"}
-# One cell, one seed, a few steps of everything: 11 Slurm jobs, and the train job's retry. The
+# One cell, one seed, a few steps of everything: 7 Slurm jobs, and the train job's retry. The
 # train job has enough steps to be warned mid-run, and saves only when warned (save_every: 0).
 TINY = {
     "sweep": {
@@ -195,9 +195,9 @@ def test_sbatch_flags_carry_the_resources(sweep):
         "mlflow_init": 1,
         "warmup": 1,
         "train": 2,  # warned, then retried
-        "evaluate": 3 + 3,
+        "evaluate": 1 + 1,  # cell, base: every split in one job
         "aggregate": 1,
-    }  # cell, base
+    }
     expect = {
         "warmup": (1000, 10),
         "train": (1000, 10),

@@ -43,9 +43,9 @@ def test_dry_run_lists_every_job(workdir):
     counts = job_counts(p.stdout)
     # none, random_reward, ops and sft × synchronous at two lrs, sft × sft_only at the collapsing one
     assert counts["train"] == 9 * 3
-    assert counts["evaluate"] == 81 + 3  # three evaluations per cell and three of the base model
+    assert counts["evaluate"] == 27 + 1  # one per cell (every split) and one of the base model
     assert counts["aggregate"] == 1 and counts["warmup"] == 1 and counts["prepare"] == 1
-    assert counts["mlflow_init"] == 1 and counts["all"] == 1 and counts["total"] == 116
+    assert counts["mlflow_init"] == 1 and counts["all"] == 1 and counts["total"] == 60
     assert "signal=sft/scheme=sft_only/lr=3e-4/seed=2" in p.stdout
     assert "signal=ops/scheme=rl/lr=3e-5/seed=0" in p.stdout
     assert "signal=sft/scheme=sft_only/lr=3e-5" not in p.stdout
@@ -53,21 +53,23 @@ def test_dry_run_lists_every_job(workdir):
 
 def test_one_evaluate_rule_for_the_cells_and_the_base_model(workdir):
     """The base model is the pseudo-cell `base`: its evaluations are where they always were, from
-    the warm-up's model, with `--run base` (the cell in the evaluation JSON is then null)."""
+    the warm-up's model, with `--run base` (the cell in the evaluation JSON is then null). One job
+    per model evaluates every split into the split's own file, and writes one log."""
     p = snakemake(workdir, "-n", "-p")
     assert p.returncode == 0, p.stderr
     d = "results/default"
     shells = re.findall(r"^Shell command: (python -m toolrl evaluate .*)$", p.stdout, re.M)
-    assert len(shells) == 84
-    base = [s for s in shells if " --run base " in s]
-    assert sorted(re.search(r"--out (\S+)", s)[1] for s in base) == [
-        f"{d}/base/eval/{split}.json" for split in ("content_ood", "format_ood", "id")
-    ]
-    assert all(f"--model {d}/base/model " in s and f"2> {d}/logs/eval/base/" in s for s in base)
+    assert len(shells) == 28
+    assert all(" --splits id format_ood content_ood " in s for s in shells)
+    [base] = [s for s in shells if " --run base " in s]
+    assert f"--model {d}/base/model " in base and f"--out-dir {d}/base/eval " in base
+    assert base.endswith(f"2> {d}/logs/eval/base.log")
     cell = "signal=sft/scheme=synchronous/lr=3e-4/seed=2"
-    mine = [s for s in shells if f" --run runs/{cell} " in s]
-    assert len(mine) == 3
-    assert all(f"--model {d}/runs/{cell}/model " in s and f"--out {d}/runs/{cell}/eval/" in s for s in mine)
+    [mine] = [s for s in shells if f" --run runs/{cell} " in s]
+    assert f"--model {d}/runs/{cell}/model " in mine and f"--out-dir {d}/runs/{cell}/eval " in mine
+    assert mine.endswith(f"2> {d}/logs/eval/runs/{cell}.log")
+    outputs = re.findall(r"^rule evaluate:\n    input: .*\n    output: (.*)$", p.stdout, re.M)
+    assert f"{d}/base/eval/id.json, {d}/base/eval/format_ood.json, {d}/base/eval/content_ood.json" in outputs
 
 
 def test_aggregate_outputs_are_the_list_its_job_writes(workdir):
@@ -132,7 +134,7 @@ def test_all_signals_and_schemes_build_exactly_the_meaningful_cells(workdir):
     assert p.returncode == 0, p.stderr
     counts = job_counts(p.stdout)
     assert counts["train"] == 10 * 3 * 3  # 10 meaningful signal × scheme pairs, 3 lrs, 3 seeds
-    assert counts["evaluate"] == 3 * counts["train"] + 3  # and the base model
+    assert counts["evaluate"] == counts["train"] + 1  # and the base model
     built = set(re.findall(r"signal=(\w+)/scheme=(\w+)/lr=", p.stdout))
     assert built == {
         ("none", "rl"),

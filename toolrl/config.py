@@ -580,8 +580,13 @@ class ResourcesConfig:
             "minimum": 1,
         },
     )
+    # An evaluate job evaluates one model on every split, so its limit covers all three.
     eval_runtime: int = field(
-        default=30, metadata={"help": "wall-time limit of each evaluate job, in minutes", "minimum": 1}
+        default=30,
+        metadata={
+            "help": "wall-time limit of each evaluate job (one model on every split), in minutes",
+            "minimum": 1,
+        },
     )
     # How long before its time limit Slurm warns a train job (SIGURG), which then ends its step,
     # saves a checkpoint and exits for the retry to resume it. At most a quarter of train_runtime,

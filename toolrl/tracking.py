@@ -312,9 +312,10 @@ class RunLogger:
     experiment holds one FINISHED run per job and configuration, and no run looks alive that
     is not. Failed attempts stay FAILED, and runs of another configuration stay as they are.
 
-    With `run_id` an existing run is resumed (evaluation jobs add their metrics to the training
-    job's run). A resumed run that is already FINISHED stays FINISHED whatever happens here: an
-    evaluation failure is reported by the evaluation job, it does not undo the training run.
+    With `run_id` an existing run is resumed (the aggregate job adds each model's evaluations to
+    its warm-up or training run). A resumed run that is already FINISHED stays FINISHED whatever
+    happens here: a failure there is reported by the job that resumed it, it does not undo the
+    training run.
     A metric whose latest value in the resumed run already equals the one logged is not sent
     again, so rerunning the job that resumes it (the aggregate, after a kill or a change to
     the statistics) adds no duplicate points.

@@ -13,7 +13,7 @@ Points (production code is not touched; each hook wraps the call it names):
                                after the checkpoint files are in the temporary folder, before the swap
   mlflow_train      train:     right after the job's first MlflowClient.log_batch (the params):
                                the run exists and is RUNNING, its metrics are not written
-  eval_json         evaluate:  os.replace of eval/<split>.json, i.e. in toolrl.io.write_bytes
+  eval_json         evaluate:  os.replace of the first eval/<split>.json, i.e. in toolrl.io.write_bytes
                                after the temporary file is written and synced, before the rename
   mlflow_aggregate  aggregate: right after the first log_batch that carries metrics (the first
                                run's evaluations are in MLflow, the others' are not)

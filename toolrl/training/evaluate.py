@@ -1,9 +1,11 @@
-"""Greedy evaluation on one split: per-task records and the success rate."""
+"""Greedy evaluation on the splits: per-task records and the success rate."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,7 @@ from toolrl.config import Config, RolloutConfig
 from toolrl.core import rollout
 from toolrl.core.diagnostics import ForbidPatterns, Pattern
 from toolrl.envs.base import Task
+from toolrl.envs.data import read_tasks
 from toolrl.formats import Format, get_format
 
 log = logging.getLogger(__name__)
@@ -88,3 +91,25 @@ def run_split(
             **{k: restored[k] for k in ("success_rate", "format_error_rate", "n")},
         }
     return result
+
+
+def run_splits(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: Config,
+    splits: Sequence[str],
+    data: Path,
+    mode: str | None = None,
+    patterns: Sequence[Pattern] = (),
+) -> Iterator[dict[str, Any]]:
+    """`run_split` on each of `splits` in turn, one model for all: a job per split spent half its
+    time starting Python and loading the model. Every task file is read before the first split
+    runs (id and format_ood share one), so a damaged one stops the job before hours of
+    evaluation. Each result carries its split's own `seconds`, and is yielded as soon as it is
+    done, for the caller to write."""
+    stems = {split: split_source(cfg, split)[0] for split in splits}
+    tasks = {stem: read_tasks(data / f"{stem}.jsonl") for stem in dict.fromkeys(stems.values())}
+    for split in splits:
+        t0 = time.perf_counter()
+        result = run_split(model, tokenizer, cfg, split, tasks[stems[split]], mode, patterns)
+        yield {**result, "seconds": round(time.perf_counter() - t0, 1)}

@@ -91,6 +91,5 @@ AGGREGATE_OUTPUTS = {o.name: aggregate_output(o) for o in OUTPUTS}
 
 wildcard_constraints:
     **CELL_WILDCARDS,
-    split="|".join(SPLITS),
     # An evaluated model's folder under the sweep: the base model (a pseudo-cell) or a cell's run.
     run=f"base|runs/{CELL.format(**CELL_WILDCARDS)}",
