@@ -163,3 +163,33 @@ def test_every_assistant_message_carries_gradient(splits, tokenizer, model):
         experts += len(runs) >= 3  # the expert's: three or more messages, tool results between
         assert all(grad[i, a:b].sum() > 0 for a, b in runs)
     assert experts == len(tasks)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_without_momentum_a_zero_gradient_step_leaves_the_weights(splits, tokenizer, model, beta1):
+    """`rl.adam_beta1` reaches the optimizer: after a step with a gradient, a step whose rewards are
+    all equal (advantages and gradient 0) moves the weights on Adam's momentum alone, and with
+    `adam_beta1: 0` does not. The collapse study's control for drift after every rollout fails."""
+    cfg = _cfg()
+    cfg.rl.steps, cfg.rl.adam_beta1 = 2, beta1
+    ctx = grpo.cell_context(cfg, tokenizer, _multi_message_tasks(splits, tokenizer), FMT, 0)
+    signal, scheme = grpo.plugins_for(cfg, "ops", "rl")
+    calls = []
+
+    def success_reward(prompts, completions, success, **_):
+        calls.append(success)
+        return success if len(calls) == 1 else [0.0] * len(success)
+
+    weights, rows = [], []
+
+    def on_step(row):
+        rows.append(row)
+        weights.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grpo, "success_reward", success_reward)
+        grpo.train(model, ctx, signal, scheme, 1e-3, on_step)
+    rl = [r for r in rows if r.get("phase") == "rl"]
+    assert rl[0]["grad_norm"] > 0 and rl[1]["grad_norm"] == 0
+    moved = (weights[-1] - weights[-2]).abs().max().item()
+    assert (moved == 0) if beta1 == 0 else (moved > 1e-6), moved

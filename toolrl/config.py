@@ -417,6 +417,16 @@ class RLConfig:
     loss_type: str = field(
         default="dapo", metadata={"help": "TRL's GRPO loss normalisation", "enum": ["grpo", "dapo", "dr_grpo", "bnpo"]}
     )
+    # Adam's momentum (TrainingArguments.adam_beta1). 0 is the control for drift after a collapse:
+    # once every rollout fails the gradient is 0, and only momentum still moves the weights.
+    adam_beta1: float = field(
+        default=0.9,
+        metadata={
+            "help": "Adam's first-moment decay of the RL optimizer (0: no momentum)",
+            "minimum": 0,
+            "exclusiveMaximum": 1,
+        },
+    )
     # Sequences per forward/backward pass (None: the whole step's batch at once). The gradient is
     # accumulated over the step, so the update is the same; a 1.5B model's 60×8 rollouts need it.
     micro_batch_size: int | None = field(

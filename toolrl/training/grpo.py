@@ -477,6 +477,7 @@ def train(
             gradient_accumulation_steps=batch // micro,
             learning_rate=learning_rate,
             lr_scheduler_type="constant",
+            adam_beta1=rl.adam_beta1,
             beta=rl.beta,
             temperature=rl.temperature,
             loss_type=rl.loss_type,
