@@ -47,6 +47,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, str, float]] = {
     "16steps-8x8-1e-4": ({"rl.steps": 16, "rl.prompts_per_step": 8}, "none", "rl", 1e-4),
     "32steps-1e-4-kl0.04": ({"rl.steps": 32, "rl.beta": 0.04}, "none", "rl", 1e-4),
     "32steps-1e-4-grpo": ({"rl.steps": 32, "rl.loss_type": "grpo"}, "none", "rl", 1e-4),
+    # Without Adam's momentum: does a collapsed run (gradient 0) stop drifting, and does it still collapse?
+    "16steps-3e-4-beta1-0": ({"rl.steps": 16, "rl.adam_beta1": 0.0}, "none", "rl", 3e-4),
+    "16steps-3e-4-beta1-0-random": ({"rl.steps": 16, "rl.adam_beta1": 0.0}, "random_reward", "rl", 3e-4),
 }
 
 
