@@ -8,7 +8,7 @@
 The question: GRPO samples `--group-size` rollouts of each of `--prompts` tasks every step.
 `toolrl.core.rollout.run` advances all unfinished episodes together (one decoding pass per round,
 finished episodes drop out, then every environment answers). The baseline is the plain loop:
-the same engine called once per episode, so every `generate` has a batch of one. Everything else
+the same engine called once per episode, so every decoding pass has a batch of one. Everything else
 is shared: the model, tokenizer, chat template, environments, sampling (temperature 1.0, top-p 1,
 no top-k, as in GRPO), the rollout budgets of config.yaml and the seed of each repeat. Only
 batching differs.
@@ -119,7 +119,7 @@ CALL_MIN = 8  # in the checkpoint's samples, messages this long are calls and sh
 
 @dataclass
 class Side:
-    """One timed run of one side: wall and in-`generate` seconds, sampled tokens, episode shape."""
+    """One timed run of one side: wall and seconds spent decoding, sampled tokens, episode shape."""
 
     wall_s: float
     gen_s: float
@@ -208,10 +208,11 @@ class Timed:
             temperature: float,
             processors: list[Any],
             *rest: Any,
+            **kw: Any,
         ) -> Any:
             if self.shape is not None:
                 processors = [*processors, self.shaper(batch.ids)]
-            return self.timed(inner, model, batch, budget, sample, temperature, processors, *rest)
+            return self.timed(inner, model, batch, budget, sample, temperature, processors, *rest, **kw)
 
         engine._decode = decode  # type: ignore[attr-defined]
 

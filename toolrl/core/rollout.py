@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -132,19 +132,21 @@ def run(
                 for start in range(0, len(active), batch_size):
                     _advance_with(generate, tokenizer, active[start : start + batch_size], cfg, eos_id)
                 continue
+            batches: Iterable[Batch]
             if len(active) <= batch_size:
                 # One batch holds every active episode: keep it (and its cache) for the next rounds.
                 reused = reused.select() if reused is not None else Batch(active, tokenizer.pad_token_id)
                 batches = [reused]
             else:
                 # Several batches: their caches would all have to live until the next round (a
-                # 1.5B model's 64 × 16k-token cache is ~29 GB), so each is encoded afresh instead.
-                batches = [
+                # 1.5B model's 64 × 16k-token cache is ~29 GB), so each is encoded afresh instead,
+                # one at a time, and its cache dropped with it.
+                batches = (
                     Batch(active[s : s + batch_size], tokenizer.pad_token_id) for s in range(0, len(active), batch_size)
-                ]
+                )
             for batch in batches:
                 with sdpa_kernel(GENERATION_ATTENTION):
-                    _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id)
+                    _advance(model, tokenizer, batch, cfg, sample, temperature, probe, forbid, eos_id, batch is reused)
     finally:
         model.train(was_training)
     return rollouts
@@ -168,12 +170,12 @@ def replay(tokenizer: PreTrainedTokenizerBase, task: Task, fmt: Format, cfg: Rol
 
 class Batch:
     """Episodes generated together: their contexts as one left-padded token matrix, and the KV
-    cache `generate` left behind, reused by the next round.
+    cache `_decode` left behind, reused by the next round.
 
     A round appends two blocks to the matrix: the sampled tokens (each row's past its `<|im_end|>`
-    are padding the model wrote while the longest row finished) and the environment's inserted
-    tokens, left-padded to the longest. Padding is masked out, and transformers derives positions
-    from the mask, so every real token has the position and the attention it would have in a
+    are padding, never fed to the model: their cache entries are zeros) and the environment's
+    inserted tokens, left-padded to the longest. Padding is masked out, and positions are counted
+    over the mask, so every real token has the position and the attention it would have in a
     freshly padded batch. Between rounds the finished episodes' rows leave, and the cached part is
     compacted: each row's real entries are gathered to the right, as a fresh encoding would place
     them. A key depends only on its token, its position and the real tokens before it, so the
@@ -237,8 +239,10 @@ def _advance(
     probe: ControlTokenProbe,
     forbid: ForbidPatterns | None,
     eos_id: int,
+    keep: bool,
 ) -> None:
-    """Generate one assistant message for each rollout in `batch`, then let each env answer."""
+    """Generate one assistant message for each rollout in `batch`, then let each env answer.
+    `keep`: the batch's cache serves the next round, so `_decode` leaves every row's in it."""
     budget = min(cfg.max_new_tokens, max(1, cfg.max_total_tokens - min(batch.lengths)))
     pad = tokenizer.pad_token_id
     probe.reset()
@@ -246,7 +250,7 @@ def _advance(
     if forbid is not None:
         forbid.reset(batch.width, ["reply" if r.messages[-1]["role"] == "tool" else "call" for r in batch.rollouts])
         processors.append(forbid)
-    new = _decode(model, batch, budget, sample, temperature, processors, eos_id, pad).cpu()
+    new = _decode(model, batch, budget, sample, temperature, processors, eos_id, pad, keep=keep).cpu()
     lengths = []
     for row in new.tolist():
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
@@ -271,9 +275,12 @@ def _decode(
     processors: Sequence[LogitsProcessor],
     eos_id: int,
     pad: int,
+    *,
+    keep: bool = True,
 ) -> torch.Tensor:
     """Up to `budget` new tokens per row (rows × steps, `pad` after a row's EOS), continuing
-    `batch.cache` and leaving in it, as `generate` would, each row's keys up to its last fed token.
+    `batch.cache`; with `keep`, leaving in it, as `generate` would, each row's keys up to its last
+    fed token (without, the cache is left partial: the batch is not used again).
 
     Written by hand because `generate` keeps a finished row in the forward pass until the batch's
     longest message ends, and has no option not to. Here a row leaves once its EOS is fed (its
@@ -292,60 +299,61 @@ def _decode(
     attention = torch.cat([mask, mask.new_ones(rows, budget)], 1)
     next_position = mask.sum(-1)
     # The forward's keyword for the cache: `past_key_values` until transformers renamed it `cache`
-    # (after 5.20; the old name warns until 6.0).
-    past = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
-    logits = (
-        model(
-            input_ids=ids[:, cached:],
-            attention_mask=mask,
-            position_ids=positions[:, cached:],
-            **past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        .logits[:, -1]
-        .float()
-    )
-    scores = logits.new_zeros(rows, logits.shape[-1])
+    # (after 5.20; the old name warns until 6.0). `logits_to_keep` where the model has it.
+    params = inspect.signature(model.forward).parameters
+    past = {"cache" if "cache" in params else "past_key_values": cache}
+    last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    logits = model(
+        input_ids=ids[:, cached:],
+        attention_mask=mask,
+        position_ids=positions[:, cached:],
+        **past,
+        use_cache=True,
+        **last,
+    ).logits[:, -1]
     new = torch.full((rows, budget), pad, dtype=torch.long, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    alive = torch.arange(rows, device=device)  # the rows in the cache, in its order
-    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+    alive = torch.arange(rows)  # the rows in the cache, in its order (host; `alive_at` on the device)
+    alive_at = alive.to(device)
+    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor] | None]]] = []
     for step in range(budget):
-        scores.zero_()
-        scores[alive] = logits
-        step_scores = scores
+        # A fresh tensor every step, as `generate` gives its processors; rows that left score 0.
+        scores = logits.to(dtype=torch.float32, copy=True)
+        if len(alive) < rows:
+            scores = scores.new_zeros(rows, scores.shape[-1]).index_copy_(0, alive_at, scores)
         for processor in processors:
-            step_scores = processor(torch.cat([ids, new[:, :step]], 1), step_scores)
+            scores = processor(torch.cat([ids, new[:, :step]], 1), scores)
         if sample:
             if temperature != 1.0:
-                step_scores = step_scores / temperature
-            token = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
+                scores = scores / temperature
+            token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
-            token = step_scores.argmax(dim=-1)
+            token = scores.argmax(dim=-1)
         token = token.masked_fill(finished, pad)
         new[:, step] = token
         finished |= token == eos_id
-        if step == budget - 1 or bool(finished.all()):
+        done = finished.cpu()  # the step's one wait for the device
+        if step == budget - 1 or bool(done.all()):
             new = new[:, : step + 1]
             break
-        logits = (
-            model(
-                input_ids=token[alive, None],
-                attention_mask=attention[alive, : ids.shape[1] + step + 1],
-                position_ids=(next_position[alive] + step)[:, None],
-                **past,
-                use_cache=True,
-            )
-            .logits[:, -1]
-            .float()
-        )
-        leaving = finished[alive]
+        logits = model(
+            input_ids=token[alive_at, None],
+            attention_mask=attention[alive_at, : ids.shape[1] + step + 1],
+            position_ids=(next_position[alive_at] + step)[:, None],
+            **past,
+            use_cache=True,
+        ).logits[:, -1]
+        leaving = done[alive]
         if bool(leaving.any()):
             staying = (~leaving).nonzero().squeeze(1)
-            set_aside.append((alive[leaving], [(layer.keys[leaving], layer.values[leaving]) for layer in cache.layers]))
+            if keep:
+                kept: list[tuple[torch.Tensor, torch.Tensor] | None] = [
+                    (layer.keys[leaving], layer.values[leaving]) for layer in cache.layers
+                ]
+                set_aside.append((alive[leaving], kept))
             cache.batch_select_indices(staying)
-            alive, logits = alive[staying], logits[staying]
+            alive, logits = alive[staying], logits[staying.to(logits.device)]
+            alive_at = alive.to(device)
     if set_aside:
         _pad_back(cache, rows, alive, set_aside)
     return new
@@ -355,19 +363,23 @@ def _pad_back(
     cache: DynamicCache,
     rows: int,
     alive: torch.Tensor,
-    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]],
+    set_aside: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor] | None]]],
 ) -> None:
     """Put the rows that left `_decode` early back into `cache` at their places, their keys
-    zero-padded on the right to the longest row's length (padding `Batch.append` masks out)."""
+    zero-padded on the right to the longest row's length (padding `Batch.append` masks out).
+    Layer by layer, each set-aside copy released once placed: at most one layer is held twice."""
     for i, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
         full_k = keys.new_zeros(rows, *keys.shape[1:])
         full_v = values.new_zeros(rows, *values.shape[1:])
         full_k[alive], full_v[alive] = keys, values
         for where, kept in set_aside:
-            k, v = kept[i]
+            pair = kept[i]
+            assert pair is not None, "each layer is placed once"
+            k, v = pair
             full_k[where, :, : k.shape[2]] = k
             full_v[where, :, : v.shape[2]] = v
+            kept[i] = None
         layer.keys, layer.values = full_k, full_v
 
 
