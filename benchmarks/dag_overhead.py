@@ -1,12 +1,12 @@
 """Planning overhead: how much longer does `snakemake -n -q` take on our Snakefile than on a bare
 Snakefile with the same jobs? The target is ≤ 1.2×.
 
-    .venv/bin/python benchmarks/dag_overhead.py                 # 2,000 cells, median of 5
-    .venv/bin/python benchmarks/dag_overhead.py --seeds 4 --repeat 3   # 400 cells, quicker
+    .venv/bin/python benchmarks/dag_overhead.py                 # 2,400 cells, median of 5
+    .venv/bin/python benchmarks/dag_overhead.py --seeds 4 --repeat 3   # 240 cells, quicker
 
 Our side is the real workflow (Snakefile, workflow/rules/*.smk, config.yaml) over a grid of every
-valid signal × scheme pair (10 pairs of `sweep.pairs`) × `--lrs` learning rates × `--seeds` seeds:
-10 × 5 × 40 = 2,000 train jobs by default. The bare side is a Snakefile generated in a temporary
+valid signal × scheme pair (12 pairs of `sweep.pairs`) × `--lrs` learning rates × `--seeds` seeds:
+12 × 5 × 40 = 2,400 train jobs by default. The bare side is a Snakefile generated in a temporary
 folder with the same stages, wildcards, `expand` calls, output files and dependencies (prepare,
 mlflow_init, warmup, train per cell, evaluate per cell and for the base model, every split in one
 job, aggregate, all) but no config, no imports, no params and `touch` for a shell; the script
@@ -208,7 +208,8 @@ def main() -> None:
 
     c = counts["ours"]
     print(
-        f"grid: {len(SIGNALS)} signals × {len(SCHEMES)} schemes (10 valid pairs) × {args.lrs} lrs × {args.seeds} seeds"
+        f"grid: {len(SIGNALS)} signals × {len(SCHEMES)} schemes ({c['train'] // (args.lrs * args.seeds)} valid pairs)"
+        f" × {args.lrs} lrs × {args.seeds} seeds"
         f" = {c['train']} cells"
     )
     print(f"jobs: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in sorted(c.items()))}), the same on both sides")

@@ -5,7 +5,7 @@
 # One cell (vanilla GRPO, one rate, one seed) of config/smollm2-135m.yaml through the whole
 # workflow: GGUF conversion, warm-up SFT, GRPO with checkpoints, evaluation of the base model and
 # the cell, aggregate. Then the same GRPO job again with the other generator (vLLM if the first
-# used transformers' generate, and the other way round), when vLLM imports (with --tiny and no
+# used transformers' decoding, and the other way round), when vLLM imports (with --tiny and no
 # vLLM, again with transformers, so that the step is tested). It prints, and writes
 # to WORKDIR/gpu_check.json: the device, the mean GRPO step time, rollout tokens/s with each
 # generator, the checkpoint's cost as a share of a step, and `id` success before and after.

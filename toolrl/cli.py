@@ -206,7 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     mode, patterns = None, []
     if cell is not None and set(args.splits) & set(cfg.diagnostics.restore_splits):
         mode, patterns = _shown(cfg, Path(args.model).parent / "train_log.jsonl")
-    results = evaluate.run_splits(model, tokenizer, cfg, args.splits, Path(args.data), mode, patterns)
+    splits = list(dict.fromkeys(args.splits))  # each once, in the order given
+    results = evaluate.run_splits(model, tokenizer, cfg, splits, Path(args.data), mode, patterns)
     for result in results:
         write_json(Path(args.out_dir) / f"{result['split']}.json", {"cell": cell.__dict__ if cell else None, **result})
         log.info(

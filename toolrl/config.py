@@ -422,7 +422,7 @@ class RLConfig:
     adam_beta1: float = field(
         default=0.9,
         metadata={
-            "help": "Adam's first-moment decay of the RL optimizer (0: no momentum)",
+            "help": "Adam's first-moment decay in the GRPO trainer, its SFT steps too (0: no momentum)",
             "minimum": 0,
             "exclusiveMaximum": 1,
         },

@@ -42,7 +42,7 @@ def output_state(text: str, parsed: Parsed, fmt: Format) -> str:
 class ControlTokenProbe(LogitsProcessor):
     """Records p(<|im_end|>) and p(<tool_call>) at every generation step, for every row.
 
-    A logits processor sees the full next-token distribution for free during `generate`; keeping
+    A logits processor sees the full next-token distribution for free while the rollout decodes; keeping
     two floats per step (not the whole vocabulary) keeps this cheap for a 150k-token vocabulary,
     and they stay on the model's device until `stats` (a copy to the host every step would make
     the GPU wait for each token)."""
