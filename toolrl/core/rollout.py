@@ -321,8 +321,9 @@ def _decode(
         scores = logits.to(dtype=torch.float32, copy=True)
         if len(alive) < rows:
             scores = scores.new_zeros(rows, scores.shape[-1]).index_copy_(0, alive_at, scores)
+        context = torch.cat([ids, new[:, :step]], 1)  # every row's tokens so far, as processors take them
         for processor in processors:
-            scores = processor(torch.cat([ids, new[:, :step]], 1), scores)
+            scores = processor(context, scores)
         if sample:
             if temperature != 1.0:
                 scores = scores / temperature
